@@ -1,0 +1,3 @@
+from evalmem.cli import main
+
+main()

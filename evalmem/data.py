@@ -1,0 +1,139 @@
+"""Training data: load rows from a local file or the hub, tokenize, cut (prefix, suffix) windows.
+
+`example_id` is the data's `id` column where it has one, else the row index in the input.
+A pre-tokenized `input_ids` column is used as-is, so windows equal the trained token windows.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from evalmem.errors import InputError, first_line
+
+LOCAL_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text"}
+
+
+@dataclass
+class Source:
+    """A loaded data set and how to read tokens and ids from it."""
+
+    rows: "datasets.Dataset"  # noqa: F821
+    name: str
+    fingerprint: str
+    token_column: str | None  # `input_ids` when pre-tokenized
+    text_column: str | None
+    ids: list
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass
+class Windows:
+    """Prefix/suffix token windows of one slice of the data; short examples are left out."""
+
+    example_ids: list
+    prefix: np.ndarray  # (n, prefix_len) int64
+    suffix: np.ndarray  # (n, suffix_len) int64
+    n_short: int
+
+
+def load_source(data: str, split: str = "train", config: str | None = None,
+                text_column: str = "text", limit: int | None = None) -> Source:
+    """Load `data` (a .jsonl/.parquet/.txt file, a folder of such files, or a hub id)."""
+    rows, fingerprint = _load_rows(data, split, config)
+    if limit is not None:
+        rows = rows.select(range(min(limit, len(rows))))
+    if len(rows) == 0:
+        raise InputError(f"{data} has no examples")
+    columns = rows.column_names
+    if "input_ids" in columns:
+        token_column, text_column = "input_ids", None
+    elif text_column in columns:
+        token_column = None
+    else:
+        raise InputError(f"{data} has no column {text_column!r} (columns: {', '.join(columns)}); "
+                         "pass --text-column")
+    ids = rows["id"] if "id" in columns else list(range(len(rows)))
+    if len(set(ids)) != len(ids):
+        raise InputError(f"{data} has duplicated values in its 'id' column")
+    return Source(rows, data, fingerprint, token_column, text_column, ids)
+
+
+def _load_rows(data: str, split: str, config: str | None):
+    import datasets
+
+    ext = os.path.splitext(data)[1].lower()
+    if os.path.isfile(data):
+        if ext not in LOCAL_BUILDERS:
+            raise InputError(f"unsupported data file {data}: use .jsonl, .json, .parquet or .txt")
+        if ext != ".parquet":
+            _check_utf8(data)
+        kwargs = {"keep_linebreaks": False} if ext == ".txt" else {}
+        rows = _call(data, datasets.load_dataset, LOCAL_BUILDERS[ext], data_files=data,
+                     split="train", **kwargs)
+        return rows, "sha256:" + _sha256(data)
+    if ext in LOCAL_BUILDERS or data.startswith((".", "/", "~")):
+        raise InputError(f"no such data file: {data}")
+    rows = _call(data, datasets.load_dataset, data, config, split=split)
+    return rows, f"datasets:{data}:{config}:{split}:{rows._fingerprint}"
+
+
+def _call(data, fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:  # datasets raises many types; the user needs one line
+        raise InputError(f"cannot load data {data}: {first_line(exc)}") from exc
+
+
+def _check_utf8(path: str) -> None:
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as exc:
+                raise InputError(f"{path} is not valid UTF-8 (byte {offset + exc.start})") from None
+            offset += len(chunk)
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise InputError(f"{path} is not valid UTF-8 (truncated character at its end)") from None
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def token_lists(source: Source, start: int, stop: int, tokenizer=None) -> list[list[int]]:
+    """Token ids of rows [start, stop): the `input_ids` column, or the text tokenized without
+    special tokens (training windows carry none)."""
+    batch = source.rows[start:stop]
+    if source.token_column:
+        return batch[source.token_column]
+    texts = batch[source.text_column]
+    if any(not isinstance(t, str) for t in texts):
+        raise InputError(f"column {source.text_column!r} of {source.name} holds non-text values")
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+def cut_windows(tokens: list[list[int]], example_ids: list, prefix_len: int, suffix_len: int,
+                vocab_size: int | None = None) -> Windows:
+    """First `prefix_len` tokens of each example and the `suffix_len` that follow."""
+    need = prefix_len + suffix_len
+    keep = [i for i, t in enumerate(tokens) if t is not None and len(t) >= need]
+    rows = np.array([tokens[i][:need] for i in keep], dtype=np.int64).reshape(len(keep), need)
+    if vocab_size is not None and rows.size and (rows.min() < 0 or rows.max() >= vocab_size):
+        raise InputError(f"token ids out of the model's vocabulary (0..{vocab_size - 1})")
+    return Windows([example_ids[i] for i in keep], rows[:, :prefix_len], rows[:, prefix_len:],
+                   len(tokens) - len(keep))

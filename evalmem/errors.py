@@ -1,0 +1,18 @@
+"""The one error type users see: a one-line message on stderr and exit code 2."""
+
+import click
+
+
+class InputError(click.ClickException):
+    """Bad input or settings; click prints `Error: <message>` and exits with code 2."""
+
+    exit_code = 2
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's text, for one-line error messages."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__

@@ -1,0 +1,114 @@
+"""Extraction metrics from (generated, true suffix) token pairs, and one shard's extraction."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
+from rapidfuzz.distance import Levenshtein
+
+from evalmem.data import Windows, cut_windows, load_source, token_lists
+from evalmem.engines import model_config, model_fingerprint
+from evalmem.errors import InputError
+from evalmem.runner import check_lengths, engine_options, load_tokenizer, resolve_dtype, run_shards
+from evalmem.store import RunDir
+
+APPROX_THRESHOLD = 0.1  # "approximate" memorization: normalized edit distance within 10%
+
+
+def match_lengths(generated: np.ndarray, suffix: np.ndarray) -> np.ndarray:
+    """Length of the longest common prefix of each generated row and its true suffix."""
+    mismatch = generated != suffix
+    return np.where(mismatch.any(axis=1), mismatch.argmax(axis=1), suffix.shape[1])
+
+
+def edit_distances(generated: np.ndarray, suffix: np.ndarray) -> np.ndarray:
+    """Token-level Levenshtein distance divided by the suffix length (0 = identical, 1 = disjoint)."""
+    return np.array([Levenshtein.normalized_distance(g.tolist(), s.tolist()) for g, s in zip(generated, suffix)],
+                    dtype=np.float64)
+
+
+def metrics(generated: np.ndarray, suffix: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-example exact match, match length, token accuracy, edit distance and approximate match."""
+    match_len = match_lengths(generated, suffix)
+    distance = edit_distances(generated, suffix)
+    return {
+        "exact_match": match_len == suffix.shape[1],
+        "match_len": match_len.astype(np.int32),
+        "token_accuracy": (generated == suffix).mean(axis=1),
+        "edit_distance": distance,
+        "approx_match": distance <= APPROX_THRESHOLD,
+    }
+
+
+def extract(engine, windows: Windows) -> tuple[pa.Table, float]:
+    """Greedy-decode every window's suffix from its prefix; the result rows and the engine seconds."""
+    start = time.perf_counter()
+    suffix_len = windows.suffix.shape[1]
+    generated = engine.generate(windows.prefix.tolist(), suffix_len) if len(windows.prefix) else []
+    seconds = time.perf_counter() - start
+    generated = np.array(generated, dtype=np.int64).reshape(len(windows.prefix), suffix_len)
+    columns = {"example_id": windows.example_ids, **metrics(generated, windows.suffix),
+               "generated_ids": list(generated.astype(np.int32)),
+               "suffix_ids": list(windows.suffix.astype(np.int32)),
+               "prefix_ids": list(windows.prefix.astype(np.int32))}
+    return pa.table({k: pa.array(v) for k, v in columns.items()}), seconds
+
+
+def shard_stats(table: pa.Table) -> dict:
+    """Sums from which the run's summary is computed without rereading the rows."""
+    return {"n": table.num_rows,
+            "exact": int(pa.compute.sum(table["exact_match"]).as_py() or 0),
+            "approx": int(pa.compute.sum(table["approx_match"]).as_py() or 0),
+            "token_accuracy": float(pa.compute.sum(table["token_accuracy"]).as_py() or 0.0),
+            "match_len": int(pa.compute.sum(table["match_len"]).as_py() or 0)}
+
+
+def extract_run(*, model, data, split, data_config, text_column, tokenizer, limit, prefix_len, suffix_len,
+                shard_size, out, strict, engine, dtype, tensor_parallel_size, max_model_len, kv_cache_gb,
+                max_num_seqs, batch_size) -> dict:
+    """`evalmem extract`: extraction over a whole data set into a resumable result directory."""
+    config = model_config(model)
+    seq_len = check_lengths(config, prefix_len, suffix_len)
+    source = load_source(data, split, data_config, text_column, limit)
+    tok = load_tokenizer(tokenizer or model) if source.token_column is None else None
+    vocab_size = config.get_text_config().vocab_size
+    dtype = resolve_dtype(config, dtype)
+    settings = {"command": "extract", "model": model, "model_fingerprint": model_fingerprint(model, config),
+                "data": data, "data_fingerprint": source.fingerprint, "split": split, "config": data_config,
+                "text_column": source.text_column, "tokenizer": tokenizer, "limit": limit, "prefix_len": prefix_len,
+                "suffix_len": suffix_len, "shard_size": shard_size, "engine": engine, "dtype": dtype, "mode": "decode"}
+    run = RunDir(out, settings)
+    run.open()
+    if run.is_complete():
+        return run.read_summary()
+
+    def work(eng, start, stop):
+        windows = cut_windows(token_lists(source, start, stop, tok), source.ids[start:stop], prefix_len,
+                              suffix_len, vocab_size)
+        if strict and windows.n_short:
+            raise InputError(f"{windows.n_short} examples in rows {start}..{stop - 1} have fewer than "
+                             f"{seq_len} tokens (--strict)")
+        table, seconds = extract(eng, windows)
+        return table, {"n_short": windows.n_short, "seconds": seconds, "stats": shard_stats(table)}
+
+    options = engine_options(model, dtype, seq_len, tensor_parallel_size, max_model_len, kv_cache_gb,
+                             max_num_seqs, batch_size)
+    metas, startup = run_shards(run, len(source), shard_size, engine, options, work, "extract")
+    totals = {k: sum(m["stats"][k] for m in metas) for k in metas[0]["stats"]}
+    n = totals["n"]
+    if n == 0:
+        raise InputError(f"no example of {data} has {seq_len} tokens (prefix + suffix); nothing to extract")
+    seconds = sum(m["seconds"] for m in metas)
+    summary = {"model": model, "data": data, "split": split, "n_examples": n,
+               "n_skipped_short": sum(m["n_short"] for m in metas), "n_input_rows": len(source),
+               "prefix_len": prefix_len, "suffix_len": suffix_len, "engine": engine, "mode": "decode",
+               "dtype": dtype, "exact_match_count": totals["exact"], "exact_match_rate": totals["exact"] / n,
+               "approx_match_count": totals["approx"], "approx_match_rate": totals["approx"] / n,
+               "mean_token_accuracy": totals["token_accuracy"] / n, "mean_match_len": totals["match_len"] / n,
+               "seconds": round(seconds, 3), "startup_seconds": round(startup, 3),
+               "examples_per_second": n / seconds if seconds else None,
+               "tokens_per_second": n * seq_len / seconds if seconds else None}
+    return run.finalize(len(metas), summary)

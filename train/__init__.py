@@ -1,0 +1,1 @@
+"""TRL-based trainers: fine-tuning (teacher, baselines), soft and hard knowledge distillation."""
