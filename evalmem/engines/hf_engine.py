@@ -16,6 +16,7 @@ class HFEngine:
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = "auto" if options.dtype == "auto" else getattr(torch, _TORCH_DTYPES[options.dtype])
         self.model = AutoModelForCausalLM.from_pretrained(options.model, dtype=dtype).to(self.device).eval()
+        self.model.generation_config.eos_token_id = None  # never stop early (generate merges the model's own)
         self.batch_size = options.batch_size
 
     @torch.inference_mode()
@@ -25,8 +26,7 @@ class HFEngine:
         sampling = temperature > 0
         config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=sampling,
                                   temperature=temperature if sampling else None,
-                                  top_p=top_p if sampling else None, top_k=None,
-                                  eos_token_id=None, pad_token_id=0)
+                                  top_p=top_p if sampling else None, top_k=None, pad_token_id=0)
         if seed is not None:
             torch.manual_seed(seed)
         out: list[list[int]] = []

@@ -1,0 +1,206 @@
+"""Memorized sets across checkpoints (DESIGN.md, "The paper's protocol").
+
+Extraction runs are loaded from their directories, checked to share data and protocol, joined on
+`example_id` (only the examples every run holds are compared), and reduced to memorized sets
+M(x) = the examples run x reproduces exactly. With several baseline seeds, "baseline" means the
+union over seeds (memorized by any seed) unless a name says `every_seed`:
+
+    easy          M(teacher) ∩ M(any baseline)     easy_every_seed   M(teacher) ∩ M(every baseline)
+    teacher_only  M(teacher) \\ M(any baseline)
+    inherited(s)  M(s) ∩ teacher_only              inheritance rate  |inherited(s)| / |teacher_only|
+
+A student's memorized set splits exactly into easy, inherited and neither (not memorized by the teacher).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, replace
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from evalmem.errors import InputError, first_line
+
+PROTOCOL = ("data_fingerprint", "prefix_len", "suffix_len")
+RUN_COLUMNS = ("example_id", "exact_match", "approx_match", "token_accuracy")
+ROLES = ("teacher", "baseline", "student", "run")
+
+
+@dataclass
+class Run:
+    """One result directory: its settings, summary and the columns the analysis needs."""
+
+    name: str
+    role: str
+    path: Path
+    settings: dict
+    table: pa.Table
+
+    @property
+    def ids(self) -> list:
+        return self.table["example_id"].to_pylist()
+
+    def memorized(self) -> set:
+        return set(self.table.filter(self.table["exact_match"])["example_id"].to_pylist())
+
+
+def write_atomic(path: str | Path, write) -> None:
+    """Call `write(tmp_path)`, then move the file into place, so no half-written output looks complete."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise InputError(f"cannot write {path}: {exc.strerror or first_line(exc)}") from exc
+
+
+def write_json(path: str | Path, obj) -> None:
+    write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2, default=str) + "\n"))
+
+
+def read_settings(path: Path, parquet: str) -> dict:
+    """The settings of a complete result directory made by an evalmem command."""
+    if not path.is_dir():
+        raise InputError(f"no such run directory: {path}")
+    for name in ("manifest.json", parquet, "summary.json"):
+        if not (path / name).exists():
+            raise InputError(f"{path} is not a complete evalmem run (no {name}); finish it by rerunning "
+                             "the command that made it")
+    try:
+        return json.loads((path / "manifest.json").read_text())["settings"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{path / 'manifest.json'} is unreadable: {first_line(exc)}") from exc
+
+
+def read_table(path: Path, columns) -> pa.Table:
+    try:
+        return pq.read_table(path, columns=list(columns))
+    except Exception as exc:  # pyarrow raises several types for missing columns and damaged files
+        raise InputError(f"cannot read {path}: {first_line(exc)}") from exc
+
+
+def load_run(name: str, role: str, path: str | Path) -> Run:
+    path = Path(path)
+    settings = read_settings(path, "results.parquet")
+    return Run(name, role, path, settings, read_table(path / "results.parquet", RUN_COLUMNS))
+
+
+def parse_spec(spec: str, default_name: str) -> tuple[str, str]:
+    """`NAME=DIR` or `DIR` (named `default_name`)."""
+    name, sep, path = spec.partition("=")
+    if sep and name and "/" not in name:
+        return name, path
+    return default_name, spec
+
+
+def load_runs(teacher: str | None, baselines: list[str], students: list[str], others: list[str]) -> list[Run]:
+    """Load the runs named on the command line (each `[NAME=]DIR`) and check they can be compared."""
+    specs = [("teacher", *parse_spec(teacher, "teacher"))] if teacher else []
+    specs += [("baseline", *parse_spec(s, "baseline" if len(baselines) == 1 else f"baseline_{i}"))
+              for i, s in enumerate(baselines)]
+    specs += [("student", *parse_spec(s, Path(s).name)) for s in students]
+    specs += [("run", *parse_spec(s, Path(s).name)) for s in others]
+    if len(specs) < 2:
+        raise InputError("compare needs at least two runs (--teacher, --baseline, --student, --run)")
+    if students and not (teacher and baselines):
+        raise InputError("--student needs --teacher and at least one --baseline (inheritance is relative to them)")
+    names = [name for _, name, _ in specs]
+    if len(set(names)) != len(names):
+        raise InputError(f"run names must differ, got {', '.join(names)}; name runs as NAME=DIR")
+    runs = [load_run(name, role, path) for role, name, path in specs]
+    check_protocol([(r.name, r.settings) for r in runs])
+    return runs
+
+
+def check_protocol(named_settings: list[tuple[str, dict]]) -> None:
+    """Refuse results made on different data or with a different prefix/suffix protocol."""
+    first, ref = named_settings[0]
+    for name, settings in named_settings[1:]:
+        for key in PROTOCOL:
+            if settings.get(key) != ref.get(key):
+                raise InputError(f"{first} and {name} differ in {key} ({ref.get(key)} vs {settings.get(key)}): "
+                                 "they were made on different data or protocol")
+
+
+def join(runs: list[Run]) -> list[Run]:
+    """Restrict every run to the example ids all of them hold."""
+    common = set(runs[0].ids)
+    for run in runs[1:]:
+        common &= set(run.ids)
+    if not common:
+        sizes = ", ".join(f"{r.name}: {r.table.num_rows}" for r in runs)
+        raise InputError(f"the runs share no example_id ({sizes} examples): they cover different examples")
+    value_set = pa.array(sorted(common), type=runs[0].table["example_id"].type)
+    return [replace(r, table=r.table.filter(pc.is_in(r.table["example_id"], value_set=value_set))) for r in runs]
+
+
+def ratio(num: float, den: float) -> float | None:
+    return num / den if den else None
+
+
+def run_stats(run: Run) -> dict:
+    t = run.table
+    n = t.num_rows
+    exact = int(pc.sum(t["exact_match"]).as_py() or 0)
+    return {"role": run.role, "dir": str(run.path), "model": run.settings.get("model"), "n": n,
+            "exact_match_count": exact, "exact_match_rate": exact / n,
+            "approx_match_rate": int(pc.sum(t["approx_match"]).as_py() or 0) / n,
+            "mean_token_accuracy": pc.mean(t["token_accuracy"]).as_py()}
+
+
+def overlap(a: set, b: set) -> dict:
+    inter = len(a & b)
+    return {"intersection": inter, "jaccard": ratio(inter, len(a | b)),
+            "overlap_coefficient": ratio(inter, min(len(a), len(b)))}
+
+
+def teacher_sets(teacher: set, baselines: list[set]) -> dict[str, set]:
+    any_seed, every_seed = set().union(*baselines), set.intersection(*baselines)
+    return {"teacher": teacher, "baseline_any_seed": any_seed, "baseline_every_seed": every_seed,
+            "easy": teacher & any_seed, "easy_every_seed": teacher & every_seed, "teacher_only": teacher - any_seed}
+
+
+def inheritance(student: set, sets: dict[str, set]) -> dict:
+    parts = {"easy": student & sets["easy"], "inherited": student & sets["teacher_only"],
+             "neither": student - sets["teacher"]}
+    out = {"memorized": len(student), **{k: len(v) for k, v in parts.items()}}
+    out.update({f"{k}_share": ratio(len(v), len(student)) for k, v in parts.items()})
+    out["inheritance_rate"] = ratio(len(parts["inherited"]), len(sets["teacher_only"]))
+    return out
+
+
+def compare(runs: list[Run]) -> tuple[dict, dict[str, list]]:
+    """Compare joined runs: per-run statistics, pairwise overlaps and (given a teacher and baselines)
+    the paper's sets and each student's inheritance. Returns the result and the example ids of each set."""
+    memorized = {r.name: r.memorized() for r in runs}
+    result = {"n_examples": runs[0].table.num_rows, "data": runs[0].settings.get("data"),
+              "protocol": {k: runs[0].settings.get(k) for k in PROTOCOL},
+              "runs": {r.name: run_stats(r) for r in runs},
+              "overlaps": [{"a": a, "b": b, **overlap(memorized[a], memorized[b])}
+                           for a, b in combinations(memorized, 2)]}
+    ids: dict[str, list] = {}
+    teacher = [r.name for r in runs if r.role == "teacher"]
+    baselines = [memorized[r.name] for r in runs if r.role == "baseline"]
+    if teacher and baselines:
+        sets = teacher_sets(memorized[teacher[0]], baselines)
+        result["sets"] = {k: len(v) for k, v in sets.items()}
+        students = [r.name for r in runs if r.role == "student"]
+        result["students"] = {s: inheritance(memorized[s], sets) for s in students}
+        ids = {k: sorted(v) for k, v in sets.items()}
+        ids.update({f"inherited:{s}": sorted(memorized[s] & sets["teacher_only"]) for s in students})
+        if {"hard", "soft"} <= set(students):
+            hard, soft = (result["students"][s]["inherited"] for s in ("hard", "soft"))
+            result["hard_vs_soft"] = {"hard_inherited": hard, "soft_inherited": soft, "ratio": ratio(hard, soft)}
+    return result, ids
+
+
+def token_accuracies(runs: list[Run]) -> dict[str, np.ndarray]:
+    return {r.name: r.table["token_accuracy"].to_numpy() for r in runs}

@@ -1,0 +1,138 @@
+"""Per-example features of the memorization predictor, computed before distillation:
+
+    teacher_ppl           exp(mean negative log-likelihood of the window's tokens 2..L) under the teacher
+    baseline_ppl          the same under the baseline
+    kl_teacher_baseline   KL(teacher ‖ baseline) over the full vocabulary, averaged over those positions
+    zlib_entropy          byte length of zlib.compress(decoded window text)
+    min_k_logprob         Min-K% (Shi et al. 2024): mean teacher log-probability of the k% least likely tokens
+
+The window is the same prefix+suffix window `extract` uses (data.py), so features join results on
+`example_id`.
+
+Why torch and not vLLM: every feature needs one teacher-forced forward pass, and the KL needs both
+models' FULL next-token distributions at every position. vLLM returns at most `max_logprobs` entries per
+position as Python objects, so a full-vocabulary KL through it means V objects per token; even the
+perplexities alone (`prompt_logprobs=0`) were slower through vLLM than one batched torch forward
+(README: measured figures). Batched torch forward passes of both models over the same batch are the
+fast path; the logits of a batch never leave the device.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import zlib
+
+import numpy as np
+import pyarrow as pa
+import torch
+import torch.nn.functional as F
+
+from evalmem.data import cut_windows, load_source, token_lists
+from evalmem.engines import model_config, model_fingerprint
+from evalmem.errors import InputError, first_line
+from evalmem.runner import check_lengths, load_tokenizer, resolve_dtype
+from evalmem.store import RunDir
+
+FEATURES = ("teacher_ppl", "baseline_ppl", "kl_teacher_baseline", "zlib_entropy", "min_k_logprob")
+
+
+def load_model(name: str, dtype: str, device: str):
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(name, dtype=getattr(torch, dtype)).to(device).eval()
+    except Exception as exc:
+        raise InputError(f"cannot load model {name}: {first_line(exc)}") from exc
+
+
+def token_scores(logits_t: torch.Tensor, logits_b: torch.Tensor, ids: torch.Tensor, min_k: float) -> dict:
+    """Features of each row of `ids` (n, L) from both models' logits (n, L, V); position i predicts token i+1.
+    Both vocabularies are cut to the smaller one (padded vocabularies differ in size, e.g. across Pythia)."""
+    vocab = min(logits_t.shape[-1], logits_b.shape[-1])
+    lp_t = F.log_softmax(logits_t[:, :-1, :vocab].float(), dim=-1)
+    lp_b = F.log_softmax(logits_b[:, :-1, :vocab].float(), dim=-1)
+    target = ids[:, 1:, None]
+    tok_t = lp_t.gather(-1, target).squeeze(-1)
+    tok_b = lp_b.gather(-1, target).squeeze(-1)
+    kl = F.kl_div(lp_b, lp_t, log_target=True, reduction="none").sum(-1).mean(-1)
+    k = max(1, int(min_k * tok_t.shape[1]))
+    return {"teacher_ppl": torch.exp(-tok_t.mean(-1)), "baseline_ppl": torch.exp(-tok_b.mean(-1)),
+            "kl_teacher_baseline": kl, "min_k_logprob": tok_t.topk(k, dim=-1, largest=False).values.mean(-1)}
+
+
+def zlib_entropy(texts: list[str]) -> np.ndarray:
+    return np.array([len(zlib.compress(t.encode("utf-8"))) for t in texts], dtype=np.int64)
+
+
+@torch.inference_mode()
+def score(teacher, baseline, windows: np.ndarray, tokenizer, batch_size: int, min_k: float) -> dict[str, np.ndarray]:
+    """All features of the token windows (n, L), in batches."""
+    device = next(teacher.parameters()).device
+    parts = []
+    for i in range(0, len(windows), batch_size):
+        ids = torch.from_numpy(windows[i:i + batch_size]).to(device)
+        scores = token_scores(teacher(input_ids=ids).logits, baseline(input_ids=ids).logits, ids, min_k)
+        parts.append({k: v.double().cpu().numpy() for k, v in scores.items()})
+    out = {k: np.concatenate([p[k] for p in parts]) if parts else np.zeros(0) for k in FEATURES if k != "zlib_entropy"}
+    out["zlib_entropy"] = zlib_entropy(tokenizer.batch_decode(windows.tolist()))
+    return out
+
+
+def features_run(*, teacher, baseline, data, split, data_config, text_column, tokenizer, limit, prefix_len,
+                 suffix_len, shard_size, out, batch_size, dtype, min_k) -> dict:
+    """`evalmem features`: every feature of every window into OUT/features.parquet (sharded, resumable)."""
+    if not 0 < min_k <= 1:
+        raise InputError(f"--min-k must be in (0, 1], got {min_k}")
+    configs = {name: model_config(name) for name in (teacher, baseline)}
+    seq_len = max(check_lengths(c, prefix_len, suffix_len) for c in configs.values())
+    source = load_source(data, split, data_config, text_column, limit)
+    tok = load_tokenizer(tokenizer or teacher)
+    vocab_size = min(c.get_text_config().vocab_size for c in configs.values())
+    dtype = resolve_dtype(configs[teacher], dtype)
+    settings = {"command": "features", "teacher": teacher, "baseline": baseline,
+                "teacher_fingerprint": model_fingerprint(teacher, configs[teacher]),
+                "baseline_fingerprint": model_fingerprint(baseline, configs[baseline]),
+                "data": data, "data_fingerprint": source.fingerprint, "split": split, "config": data_config,
+                "text_column": source.text_column, "tokenizer": tokenizer, "limit": limit, "prefix_len": prefix_len,
+                "suffix_len": suffix_len, "shard_size": shard_size, "dtype": dtype, "min_k": min_k}
+    run = RunDir(out, settings)
+    run.results = run.path / "features.parquet"
+    run.open()
+    if run.is_complete():
+        return run.read_summary()
+    count = math.ceil(len(source) / shard_size)
+    todo = [i for i in range(count) if run.shard_meta(i) is None]
+    if todo:
+        _score_shards(run, todo, source, tok, settings, vocab_size, batch_size)
+    metas = [run.shard_meta(i) for i in range(count)]
+    n = sum(m["n_rows"] for m in metas)
+    if n == 0:
+        raise InputError(f"no example of {data} has {seq_len} tokens (prefix + suffix); nothing to score")
+    seconds = sum(m["seconds"] for m in metas)
+    summary = {"teacher": teacher, "baseline": baseline, "data": data, "n_examples": n,
+               "n_skipped_short": sum(m["n_short"] for m in metas), "prefix_len": prefix_len,
+               "suffix_len": suffix_len, "features": list(FEATURES), "min_k": min_k, "dtype": dtype,
+               "device": "cuda" if torch.cuda.is_available() else "cpu", "batch_size": batch_size,
+               "seconds": round(seconds, 3), "examples_per_second": n / seconds if seconds else None,
+               "tokens_per_second": n * seq_len / seconds if seconds else None}
+    return run.finalize(count, summary)
+
+
+def _score_shards(run: RunDir, todo: list[int], source, tok, settings: dict, vocab_size: int, batch_size: int):
+    from tqdm.auto import tqdm
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    teacher, baseline = (load_model(settings[k], settings["dtype"], device) for k in ("teacher", "baseline"))
+    size = settings["shard_size"]
+    for i in tqdm(todo, desc="features", unit="shard", dynamic_ncols=True):
+        start, stop = i * size, min((i + 1) * size, len(source))
+        tokens = token_lists(source, start, stop, tok if source.token_column is None else None)
+        windows = cut_windows(tokens, source.ids[start:stop], settings["prefix_len"], settings["suffix_len"],
+                              vocab_size)
+        began = time.perf_counter()
+        values = score(teacher, baseline, np.concatenate([windows.prefix, windows.suffix], axis=1), tok,
+                       batch_size, settings["min_k"])
+        table = pa.table({"example_id": windows.example_ids, **values})
+        run.write_shard(i, table, {"start": start, "stop": stop, "n_short": windows.n_short,
+                                   "seconds": time.perf_counter() - began})
