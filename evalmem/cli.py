@@ -82,4 +82,138 @@ def extract(model, data, split, data_config, text_column, tokenizer, limit, pref
 # --- generation commands (generate) ---
 
 
+@main.command()
+@click.option("--model", required=True, help="Teacher model: a local Hugging Face folder or a hub id.")
+@data_options
+@click.option("--max-new-tokens", type=int, default=206, show_default=True,
+              help="Tokens generated after each prefix (paper: 50 + 206 = 256-token windows).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Corpus directory (resumable).")
+@click.option("--temperature", type=float, default=0.0, show_default=True,
+              help="Sampling temperature; 0 = greedy decoding.")
+@click.option("--top-p", type=float, default=1.0, show_default=True, help="Nucleus sampling mass (with --temperature).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Sampling seed (each prompt's sample depends only on it and the prompt).")
+@model_options
+def generate(model, data, split, data_config, text_column, tokenizer, limit, prefix_len, shard_size, max_new_tokens,
+             out, temperature, top_p, seed, **engine_kwargs):
+    """Hard-label corpus: continue each example's first PREFIX-LEN tokens with MAX-NEW-TOKENS generated ones.
+    Writes OUT/results.parquet (example_id, input_ids = prefix + continuation, text) and OUT/summary.json;
+    load it with datasets.load_dataset("parquet", data_files="OUT/results.parquet"). Rerun to resume."""
+    from evalmem.generation import generate_run
+
+    summary = generate_run(model=model, data=data, split=split, data_config=data_config, text_column=text_column,
+                           tokenizer=tokenizer, limit=limit, prefix_len=prefix_len, max_new_tokens=max_new_tokens,
+                           shard_size=shard_size, out=out, temperature=temperature, top_p=top_p, seed=seed,
+                           **engine_kwargs)
+    click.echo(json.dumps(summary, indent=2))
+
+
 # --- analysis commands (features, compare, predict, filter, report) ---
+
+
+@main.command()
+@click.option("--teacher", required=True, help="Teacher model: a local Hugging Face folder or a hub id.")
+@click.option("--baseline", required=True, help="Baseline model (same tokenizer as the teacher).")
+@data_options
+@click.option("--suffix-len", type=int, default=50, show_default=True,
+              help="Tokens after the prefix; features use the whole prefix + suffix window, as extract does.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Features directory (resumable).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Windows per forward pass (both models' full logits for a batch are held at once).")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
+              show_default=True, help="Weights dtype; auto = the dtype the teacher was saved in.")
+@click.option("--min-k", type=float, default=0.2, show_default=True,
+              help="Fraction k of least likely tokens averaged by the Min-K% feature.")
+def features(teacher, baseline, data, split, data_config, text_column, tokenizer, limit, prefix_len, shard_size,
+             suffix_len, out, batch_size, dtype, min_k):
+    """Predictor features per example: teacher and baseline perplexity, KL(teacher || baseline), zlib entropy
+    and Min-K% probability. Writes OUT/features.parquet and OUT/summary.json; rerun to resume."""
+    from evalmem.features import features_run
+
+    summary = features_run(teacher=teacher, baseline=baseline, data=data, split=split, data_config=data_config,
+                           text_column=text_column, tokenizer=tokenizer, limit=limit, prefix_len=prefix_len,
+                           suffix_len=suffix_len, shard_size=shard_size, out=out, batch_size=batch_size,
+                           dtype=dtype, min_k=min_k)
+    click.echo(json.dumps(summary, indent=2))
+
+
+@main.command()
+@click.option("--teacher", default=None, help="Teacher extraction run: [NAME=]DIR.")
+@click.option("--baseline", "baselines", multiple=True,
+              help="Baseline run [NAME=]DIR; repeat for several seeds.")
+@click.option("--student", "students", multiple=True, help="Student run NAME=DIR (e.g. soft=runs/soft); repeatable.")
+@click.option("--run", "others", multiple=True, help="Any other run [NAME=]DIR to tabulate and overlap; repeatable.")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Directory for compare.json, compare.md, sets.json and PNG figures.")
+def compare(teacher, baselines, students, others, out):
+    """Join extraction runs on example_id and compare their memorized sets: rates, overlaps, easy and
+    teacher-only examples, each student's inherited examples, hard-vs-soft ratio, figures."""
+    from evalmem.analysis import load_runs
+    from evalmem.report import compare_tables, markdown, write_compare
+
+    result = write_compare(out, load_runs(teacher, list(baselines), list(students), list(others)))
+    click.echo(markdown(compare_tables(result)))
+
+
+@main.command()
+@click.option("--features", "features_dir", required=True, type=click.Path(file_okay=False),
+              help="Directory written by `evalmem features`.")
+@click.option("--labels", required=True, type=click.Path(file_okay=False),
+              help="Extraction run whose exact matches are the positives (the student's).")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Directory for predict.json and model.joblib.")
+@click.option("--feature", "columns", multiple=True,
+              help="Feature column to use; repeatable [default: the paper's four: teacher_ppl, baseline_ppl, "
+                   "kl_teacher_baseline, zlib_entropy; min_k_logprob is also available].")
+@click.option("--trials", type=click.IntRange(min=1), default=100, show_default=True, help="Resampling trials.")
+@click.option("--neg-ratio", type=click.FloatRange(min=0, min_open=True), default=3.0, show_default=True,
+              help="Negatives sampled per positive in each trial.")
+@click.option("--test-size", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.3,
+              show_default=True, help="Fraction of each trial's examples held out for testing.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the resampling.")
+def predict(features_dir, labels, out, columns, trials, neg_ratio, test_size, seed):
+    """Fit the memorization predictor (logistic regression on standardized features): ROC-AUC, precision,
+    recall and coefficients over resampled trials, and precision/recall at the real base rate."""
+    from evalmem.predict import predict_run
+
+    report = predict_run(features=features_dir, labels=labels, out=out, columns=columns, trials=trials,
+                         neg_ratio=neg_ratio, test_size=test_size, seed=seed)
+    click.echo(json.dumps(report, indent=2))
+
+
+@main.command("filter")
+@click.option("--predictor", required=True, type=click.Path(file_okay=False),
+              help="Directory written by `evalmem predict`.")
+@click.option("--features", "features_dir", required=True, type=click.Path(file_okay=False),
+              help="Features of DATA (`evalmem features`).")
+@click.option("--data", required=True, help="The training data to filter (the data the features were computed on).")
+@click.option("--split", default="train", show_default=True, help="Dataset split (hub datasets).")
+@click.option("--config", "data_config", default=None, help="Dataset configuration name (hub datasets).")
+@click.option("--text-column", default="text", show_default=True, help="Column holding the text.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="Filtered data file (.jsonl or .parquet); keeps an `id` column so results still join.")
+@click.option("--threshold", type=click.FloatRange(0, 1), default=None,
+              help="Drop examples whose predicted memorization probability is at least P (the model was fit "
+                   "on 1:NEG-RATIO resampled data, so probabilities assume that prior).")
+@click.option("--top-frac", type=click.FloatRange(0, 1), default=None,
+              help="Drop the fraction F of scored examples with the highest predicted probability.")
+def filter_(predictor, features_dir, data, split, data_config, text_column, out, threshold, top_frac):
+    """Write the training data without the examples the predictor marks as memorization risks."""
+    from evalmem.predict import filter_run
+
+    result = filter_run(predictor=predictor, features=features_dir, data=data, split=split, data_config=data_config,
+                        text_column=text_column, out=out, threshold=threshold, top_frac=top_frac)
+    click.echo(json.dumps(result, indent=2))
+
+
+@main.command()
+@click.option("--compare", "compare_dir", required=True, type=click.Path(file_okay=False),
+              help="Directory written by `evalmem compare`.")
+@click.option("--predict", "predict_dir", default=None, type=click.Path(file_okay=False),
+              help="Directory written by `evalmem predict` (optional).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The HTML file to write.")
+def report(compare_dir, predict_dir, out):
+    """One self-contained HTML page (tables and embedded figures) from compare and predict results."""
+    from evalmem.report import write_report
+
+    click.echo(json.dumps(write_report(compare_dir, predict_dir, out), indent=2))

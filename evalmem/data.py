@@ -59,10 +59,32 @@ def load_source(data: str, split: str = "train", config: str | None = None,
     else:
         raise InputError(f"{data} has no column {text_column!r} (columns: {', '.join(columns)}); "
                          "pass --text-column")
+    _check_type(data, rows, token_column or text_column)
     ids = rows["id"] if "id" in columns else list(range(len(rows)))
     if len(set(ids)) != len(ids):
         raise InputError(f"{data} has duplicated values in its 'id' column")
     return Source(rows, data, fingerprint, token_column, text_column, ids)
+
+
+def _check_type(data: str, rows, column: str) -> None:
+    feature = rows.features[column]
+    if column == "input_ids":
+        dtype = getattr(getattr(feature, "feature", None), "dtype", "")
+        if not dtype.startswith(("int", "uint")):
+            raise InputError(f"column 'input_ids' of {data} must hold lists of integer token ids, not {feature}")
+    elif getattr(feature, "dtype", None) not in ("string", "large_string"):
+        raise InputError(f"column {column!r} of {data} holds non-text values ({feature})")
+
+
+def check_vocabulary(source: Source, vocab_size: int) -> None:
+    """Refuse pre-tokenized ids outside the model's vocabulary (checked once, before any model runs)."""
+    import pyarrow.compute as pc
+
+    if source.token_column:
+        low, high = pc.min_max(pc.list_flatten(source.rows.data.column(source.token_column))).values()
+        if low.as_py() is not None and (low.as_py() < 0 or high.as_py() >= vocab_size):
+            raise InputError(f"{source.name} has token ids outside the model's vocabulary "
+                             f"(0..{vocab_size - 1}): min {low}, max {high}")
 
 
 def _load_rows(data: str, split: str, config: str | None):
@@ -72,11 +94,17 @@ def _load_rows(data: str, split: str, config: str | None):
     if os.path.isfile(data):
         if ext not in LOCAL_BUILDERS:
             raise InputError(f"unsupported data file {data}: use .jsonl, .json, .parquet or .txt")
+        if os.path.getsize(data) == 0:
+            raise InputError(f"{data} has no examples (empty file)")
         if ext != ".parquet":
             _check_utf8(data)
         kwargs = {"keep_linebreaks": False} if ext == ".txt" else {}
-        rows = _call(data, datasets.load_dataset, LOCAL_BUILDERS[ext], data_files=data,
-                     split="train", **kwargs)
+        datasets.disable_progress_bars()  # a local file converts in seconds; keep the terminal for our bar
+        try:
+            rows = _call(data, datasets.load_dataset, LOCAL_BUILDERS[ext], data_files=data,
+                         split="train", **kwargs)
+        finally:
+            datasets.enable_progress_bars()
         return rows, "sha256:" + _sha256(data)
     if ext in LOCAL_BUILDERS or data.startswith((".", "/", "~")):
         raise InputError(f"no such data file: {data}")
@@ -121,19 +149,14 @@ def token_lists(source: Source, start: int, stop: int, tokenizer=None) -> list[l
     batch = source.rows[start:stop]
     if source.token_column:
         return batch[source.token_column]
-    texts = batch[source.text_column]
-    if any(not isinstance(t, str) for t in texts):
-        raise InputError(f"column {source.text_column!r} of {source.name} holds non-text values")
+    texts = [t or "" for t in batch[source.text_column]]
     return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 
-def cut_windows(tokens: list[list[int]], example_ids: list, prefix_len: int, suffix_len: int,
-                vocab_size: int | None = None) -> Windows:
+def cut_windows(tokens: list[list[int]], example_ids: list, prefix_len: int, suffix_len: int) -> Windows:
     """First `prefix_len` tokens of each example and the `suffix_len` that follow."""
     need = prefix_len + suffix_len
     keep = [i for i, t in enumerate(tokens) if t is not None and len(t) >= need]
     rows = np.array([tokens[i][:need] for i in keep], dtype=np.int64).reshape(len(keep), need)
-    if vocab_size is not None and rows.size and (rows.min() < 0 or rows.max() >= vocab_size):
-        raise InputError(f"token ids out of the model's vocabulary (0..{vocab_size - 1})")
     return Windows([example_ids[i] for i in keep], rows[:, :prefix_len], rows[:, prefix_len:],
                    len(tokens) - len(keep))

@@ -9,10 +9,10 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 from rapidfuzz.distance import Levenshtein
 
-from evalmem.data import Windows, cut_windows, load_source, token_lists
+from evalmem.data import Windows, check_vocabulary, cut_windows, load_source, token_lists
 from evalmem.engines import model_config, model_fingerprint
 from evalmem.errors import InputError
-from evalmem.runner import check_lengths, engine_options, load_tokenizer, resolve_dtype, run_shards
+from evalmem.runner import LazyEngine, check_lengths, engine_options, load_tokenizer, resolve_dtype, run_shards
 from evalmem.store import RunDir
 
 APPROX_THRESHOLD = 0.1  # "approximate" memorization: normalized edit distance within 10%
@@ -43,11 +43,12 @@ def metrics(generated: np.ndarray, suffix: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def extract(engine, windows: Windows) -> tuple[pa.Table, float]:
-    """Greedy-decode every window's suffix from its prefix; the result rows and the engine seconds."""
+def extract(get_engine, windows: Windows) -> tuple[pa.Table, float]:
+    """Greedy-decode every window's suffix from its prefix; the result rows and the engine seconds.
+    `get_engine()` returns the engine (built on first use: an empty shard needs none)."""
     start = time.perf_counter()
     suffix_len = windows.suffix.shape[1]
-    generated = engine.generate(windows.prefix.tolist(), suffix_len) if len(windows.prefix) else []
+    generated = get_engine().generate(windows.prefix.tolist(), suffix_len) if len(windows.prefix) else []
     seconds = time.perf_counter() - start
     generated = np.array(generated, dtype=np.int64).reshape(len(windows.prefix), suffix_len)
     columns = {"example_id": windows.example_ids, **metrics(generated, windows.suffix),
@@ -74,7 +75,7 @@ def extract_run(*, model, data, split, data_config, text_column, tokenizer, limi
     seq_len = check_lengths(config, prefix_len, suffix_len)
     source = load_source(data, split, data_config, text_column, limit)
     tok = load_tokenizer(tokenizer or model) if source.token_column is None else None
-    vocab_size = config.get_text_config().vocab_size
+    check_vocabulary(source, config.get_text_config().vocab_size)
     dtype = resolve_dtype(config, dtype)
     settings = {"command": "extract", "model": model, "model_fingerprint": model_fingerprint(model, config),
                 "data": data, "data_fingerprint": source.fingerprint, "split": split, "config": data_config,
@@ -85,18 +86,17 @@ def extract_run(*, model, data, split, data_config, text_column, tokenizer, limi
     if run.is_complete():
         return run.read_summary()
 
-    def work(eng, start, stop):
-        windows = cut_windows(token_lists(source, start, stop, tok), source.ids[start:stop], prefix_len,
-                              suffix_len, vocab_size)
+    def work(get_engine, start, stop):
+        windows = cut_windows(token_lists(source, start, stop, tok), source.ids[start:stop], prefix_len, suffix_len)
         if strict and windows.n_short:
             raise InputError(f"{windows.n_short} examples in rows {start}..{stop - 1} have fewer than "
                              f"{seq_len} tokens (--strict)")
-        table, seconds = extract(eng, windows)
+        table, seconds = extract(get_engine, windows)
         return table, {"n_short": windows.n_short, "seconds": seconds, "stats": shard_stats(table)}
 
-    options = engine_options(model, dtype, seq_len, tensor_parallel_size, max_model_len, kv_cache_gb,
-                             max_num_seqs, batch_size)
-    metas, startup = run_shards(run, len(source), shard_size, engine, options, work, "extract")
+    lazy = LazyEngine(engine, engine_options(model, dtype, seq_len, tensor_parallel_size, max_model_len,
+                                             kv_cache_gb, max_num_seqs, batch_size))
+    metas = run_shards(run, len(source), shard_size, lazy, work, "extract")
     totals = {k: sum(m["stats"][k] for m in metas) for k in metas[0]["stats"]}
     n = totals["n"]
     if n == 0:
@@ -108,7 +108,7 @@ def extract_run(*, model, data, split, data_config, text_column, tokenizer, limi
                "dtype": dtype, "exact_match_count": totals["exact"], "exact_match_rate": totals["exact"] / n,
                "approx_match_count": totals["approx"], "approx_match_rate": totals["approx"] / n,
                "mean_token_accuracy": totals["token_accuracy"] / n, "mean_match_len": totals["match_len"] / n,
-               "seconds": round(seconds, 3), "startup_seconds": round(startup, 3),
+               "seconds": round(seconds, 3), "startup_seconds": round(lazy.startup, 3),
                "examples_per_second": n / seconds if seconds else None,
                "tokens_per_second": n * seq_len / seconds if seconds else None}
     return run.finalize(len(metas), summary)

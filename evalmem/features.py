@@ -31,10 +31,9 @@ import torch.nn.functional as F
 from evalmem.data import cut_windows, load_source, token_lists
 from evalmem.engines import model_config, model_fingerprint
 from evalmem.errors import InputError, first_line
+from evalmem.predict import FEATURES
 from evalmem.runner import check_lengths, load_tokenizer, resolve_dtype
 from evalmem.store import RunDir
-
-FEATURES = ("teacher_ppl", "baseline_ppl", "kl_teacher_baseline", "zlib_entropy", "min_k_logprob")
 
 
 def load_model(name: str, dtype: str, device: str):
@@ -74,9 +73,9 @@ def score(teacher, baseline, windows: np.ndarray, tokenizer, batch_size: int, mi
         ids = torch.from_numpy(windows[i:i + batch_size]).to(device)
         scores = token_scores(teacher(input_ids=ids).logits, baseline(input_ids=ids).logits, ids, min_k)
         parts.append({k: v.double().cpu().numpy() for k, v in scores.items()})
-    out = {k: np.concatenate([p[k] for p in parts]) if parts else np.zeros(0) for k in FEATURES if k != "zlib_entropy"}
+    out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {k: np.zeros(0) for k in FEATURES}
     out["zlib_entropy"] = zlib_entropy(tokenizer.batch_decode(windows.tolist()))
-    return out
+    return {k: out[k] for k in FEATURES}
 
 
 def features_run(*, teacher, baseline, data, split, data_config, text_column, tokenizer, limit, prefix_len,

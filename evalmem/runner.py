@@ -50,27 +50,37 @@ def engine_options(model: str, dtype: str, seq_len: int, tensor_parallel_size: i
                          max_num_seqs=max_num_seqs, batch_size=batch_size, seed=seed)
 
 
-def run_shards(run: RunDir, n_rows: int, shard_size: int, engine_name: str, options: EngineOptions,
-               work: Callable, desc: str) -> tuple[list[dict], float]:
+class LazyEngine:
+    """Builds the engine on first use, so that bad data is reported before a model is loaded."""
+
+    def __init__(self, name: str, options: EngineOptions):
+        self.name, self.options, self.engine, self.startup = name, options, None, 0.0
+
+    def __call__(self):
+        if self.engine is None:
+            start = time.perf_counter()
+            self.engine = load_engine(self.name, self.options)
+            self.startup = time.perf_counter() - start
+        return self.engine
+
+
+def run_shards(run: RunDir, n_rows: int, shard_size: int, engine: LazyEngine, work: Callable,
+               desc: str) -> list[dict]:
     """Run `work(engine, start, stop) -> (table, meta)` on every shard not yet done, writing each as it
-    finishes; return every shard's metadata and the engine's start-up seconds (0 if none was needed)."""
+    finishes; return every shard's metadata."""
     from tqdm.auto import tqdm
 
     count = math.ceil(n_rows / shard_size)
     metas = [run.shard_meta(i) for i in range(count)]
     todo = [i for i, meta in enumerate(metas) if meta is None]
-    startup = 0.0
-    if todo:
-        start = time.perf_counter()
-        engine = load_engine(engine_name, options)
-        startup = time.perf_counter() - start
-        done = sum(meta["stop"] - meta["start"] for meta in metas if meta)
-        with tqdm(total=n_rows, initial=done, desc=desc, unit="ex", dynamic_ncols=True) as bar:
-            for i in todo:
-                lo, hi = i * shard_size, min((i + 1) * shard_size, n_rows)
-                table, meta = work(engine, lo, hi)
-                meta = {**meta, "start": lo, "stop": hi}
-                run.write_shard(i, table, meta)
-                metas[i] = {**meta, "n_rows": table.num_rows}
-                bar.update(hi - lo)
-    return metas, startup
+    done = sum(meta["stop"] - meta["start"] for meta in metas if meta)
+    with tqdm(total=n_rows, initial=done, desc=desc, unit="ex", dynamic_ncols=True,
+              disable=None if todo else True) as bar:  # None: only on a terminal
+        for i in todo:
+            lo, hi = i * shard_size, min((i + 1) * shard_size, n_rows)
+            table, meta = work(engine, lo, hi)
+            meta = {**meta, "start": lo, "stop": hi}
+            run.write_shard(i, table, meta)
+            metas[i] = {**meta, "n_rows": table.num_rows}
+            bar.update(hi - lo)
+    return metas

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -14,7 +15,6 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
 PREFIX, SUFFIX = 50, 50
 
@@ -28,22 +28,29 @@ def write_jsonl(path, rows):
 
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
-    """Tokenizer, base model, memorizing model and data files (about a minute on 2 cores)."""
+    """Tokenizer, base model, memorizing model and data files (about a minute on 2 cores). Set
+    EVALMEM_TEST_CACHE=DIR to build them once into DIR and reuse them in later sessions."""
+    from transformers import AutoTokenizer
+
     from evalmem.tiny import build_model, kjv_verses, token_windows, train_tokenizer
     from train.finetune import finetune
 
-    root = tmp_path_factory.mktemp("tiny")
+    cache = os.environ.get("EVALMEM_TEST_CACHE")
+    root = Path(cache) if cache else tmp_path_factory.mktemp("tiny")
     verses = kjv_verses()
-    tokenizer = train_tokenizer(verses[:5000], root / "tokenizer", vocab_size=2048)
-    base = build_model(root / "base", tokenizer, hidden=128, layers=4)
+    if not (root / "done").exists():
+        tokenizer = train_tokenizer(verses[:5000], root / "tokenizer", vocab_size=2048)
+        build_model(root / "base", tokenizer, hidden=128, layers=4)
+    tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
     windows = token_windows(verses[:3000], tokenizer, PREFIX + SUFFIX)
     trained, unseen = windows[:32], windows[32:64]
-    memorized = finetune(str(base), trained, root / "memorized", epochs=80, lr=3e-3, batch_size=16,
-                         scheduler="constant")
-    data = write_jsonl(root / "windows.jsonl",
-                       [{"id": f"w{i}", "input_ids": ids} for i, ids in enumerate(trained + unseen)])
-    return SimpleNamespace(root=root, tokenizer=tokenizer, base=str(base), model=str(memorized),
-                           trained=trained, unseen=unseen, data=str(data))
+    if not (root / "done").exists():
+        finetune(str(root / "base"), trained, root / "memorized", epochs=80, lr=3e-3, batch_size=16,
+                 scheduler="constant")
+        write_jsonl(root / "windows.jsonl", [{"id": f"w{i}", "input_ids": ids} for i, ids in enumerate(trained + unseen)])
+        (root / "done").touch()
+    return SimpleNamespace(root=root, tokenizer=tokenizer, base=str(root / "base"), model=str(root / "memorized"),
+                           trained=trained, unseen=unseen, data=str(root / "windows.jsonl"))
 
 
 def run_cli(*args, check=True, **kwargs):
@@ -76,3 +83,42 @@ def invoke_cli(*args, code=0):
 @pytest.fixture
 def invoke():
     return invoke_cli
+
+
+def write_run(path, ids, memorized, *, data_fingerprint="sha256:test-data", prefix_len=PREFIX, suffix_len=SUFFIX,
+              model="model"):
+    """A hand-built extraction run directory in `evalmem extract`'s format: the examples in `memorized`
+    are exact matches (token accuracy 1), the others match their first 5 tokens (token accuracy 0.2)."""
+    from pathlib import Path
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    path.mkdir(parents=True)
+    hit = [i in memorized for i in ids]
+    suffix = [list(range(suffix_len))] * len(ids)
+    table = pa.table({
+        "example_id": ids, "exact_match": hit, "match_len": [suffix_len if h else 5 for h in hit],
+        "token_accuracy": [1.0 if h else 0.2 for h in hit], "edit_distance": [0.0 if h else 0.8 for h in hit],
+        "approx_match": hit, "generated_ids": [s if h else [0] * suffix_len for s, h in zip(suffix, hit)],
+        "suffix_ids": suffix, "prefix_ids": [list(range(prefix_len))] * len(ids)})
+    pq.write_table(table, path / "results.parquet")
+    settings = {"command": "extract", "model": model, "data": "data.jsonl", "data_fingerprint": data_fingerprint,
+                "prefix_len": prefix_len, "suffix_len": suffix_len, "engine": "hf", "mode": "decode"}
+    (path / "manifest.json").write_text(json.dumps({"settings": settings, "versions": {}}))
+    n, exact = len(ids), sum(hit)
+    (path / "summary.json").write_text(json.dumps({
+        "model": model, "data": "data.jsonl", "n_examples": n, "prefix_len": prefix_len, "suffix_len": suffix_len,
+        "engine": "hf", "mode": "decode", "exact_match_count": exact, "exact_match_rate": exact / n}))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tiny, tmp_path_factory):
+    """Real `evalmem extract --engine hf` runs of the tiny memorizing model and its base on `tiny.data`."""
+    root = tmp_path_factory.mktemp("tiny_runs")
+    runs = SimpleNamespace(model=str(root / "model"), base=str(root / "base"))
+    for model, out in ((tiny.model, runs.model), (tiny.base, runs.base)):
+        invoke_cli("extract", "--model", model, "--data", tiny.data, "--engine", "hf", "--out", out)
+    return runs

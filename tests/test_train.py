@@ -1,0 +1,214 @@
+"""The trainers (`python -m train`): soft-KD loss by hand, fine-tuning to memorization, soft and hard
+distillation on tiny local models, and bad inputs (exit 2, one line, no finished checkpoint)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+from conftest import write_jsonl
+from train.distill_soft import soft_kd_loss
+
+RECIPE = Path(__file__).resolve().parents[1] / "train" / "recipes" / "tiny.yaml"
+
+
+def train_cli(*args, code=0):
+    """Run `python -m train ARGS` in this process; check the exit code."""
+    from train.cli import main
+
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    if result.exit_code != code:
+        raise AssertionError(f"train {' '.join(map(str, args))}: exit {result.exit_code} != {code}\n"
+                             f"{result.output[-3000:]}\n{result.exception!r}")
+    return result
+
+
+def recipe_args(setup, out, **sets):
+    """The tiny recipe with this session's models and data."""
+    values = {"data.path": setup.few, "teacher.model": setup.tiny.base, "student.model": setup.student,
+              "soft.teacher": setup.tiny.model, "out": out, **sets}
+    return ["--recipe", RECIPE, *[x for k, v in values.items() for x in ("--set", f"{k}={v}")]]
+
+
+@pytest.fixture(scope="module")
+def setup(tiny, tmp_path_factory):
+    """A smaller student with the teacher's tokenizer; 8 training windows; the teacher's corpus on them."""
+    from evalmem.tiny import build_model
+
+    from conftest import invoke_cli
+
+    root = tmp_path_factory.mktemp("train")
+    student = build_model(root / "student", tiny.tokenizer, hidden=64, layers=2, seed=1)
+    few = write_jsonl(root / "few.jsonl", [{"id": f"w{i}", "input_ids": ids} for i, ids in enumerate(tiny.trained[:8])])
+    invoke_cli("generate", "--model", tiny.model, "--data", few, "--prefix-len", 50, "--max-new-tokens", 50,
+               "--out", root / "corpus")
+    return SimpleNamespace(tiny=tiny, root=root, student=str(student), few=str(few), corpus=root / "corpus")
+
+
+def logits(model_dir, windows):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    with torch.no_grad():
+        return model(torch.tensor(windows)).logits
+
+
+def mean_kl(teacher, student, windows) -> float:
+    """KL(teacher ‖ student) per position at T = 1, averaged over every next-token position."""
+    ids = torch.tensor(windows)
+    return float(soft_kd_loss(logits(student, windows)[:, :-1], logits(teacher, windows)[:, :-1], ids[:, 1:], 1.0))
+
+
+def mean_ce(model_dir, windows) -> float:
+    ids = torch.tensor(windows)
+    return float(torch.nn.functional.cross_entropy(logits(model_dir, windows)[:, :-1].flatten(0, 1),
+                                                   ids[:, 1:].flatten()))
+
+
+def test_soft_kd_loss_is_t2_scaled_kl_by_hand():
+    t, temperature = 2.0, 2.0
+    student = [[[1.0, -1.0], [0.5, 2.0], [3.0, 0.0]]]
+    teacher = [[[2.0, 0.0], [-1.0, 1.0], [0.0, 0.0]]]
+    labels = torch.tensor([[7, 7, -100]])  # the third position is masked out
+
+    def softmax(z):
+        e = [math.exp(x / t) for x in z]
+        return [x / sum(e) for x in e]
+
+    kls = []
+    for s, q in zip(student[0][:2], teacher[0][:2]):
+        p_s, p_t = softmax(s), softmax(q)
+        kls.append(sum(pt * (math.log(pt) - math.log(ps)) for pt, ps in zip(p_t, p_s)))
+    expected = t * t * sum(kls) / len(kls)
+    got = soft_kd_loss(torch.tensor(student), torch.tensor(teacher), labels, temperature)
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+    assert expected > 0
+    # gradient accumulation normalizes by the token count over all micro-batches
+    got = soft_kd_loss(torch.tensor(student), torch.tensor(teacher), labels, temperature, num_items_in_batch=4)
+    assert got.item() == pytest.approx(t * t * sum(kls) / 4, rel=1e-5)
+
+
+def test_finetune_makes_windows_memorized(setup, tmp_path, invoke):
+    train_cli("finetune", "--run", "teacher", *recipe_args(setup, tmp_path))
+    teacher = tmp_path / "teacher"
+    assert (teacher / "config.json").exists() and not (tmp_path / "teacher.partial").exists()
+    data = write_jsonl(tmp_path / "check.jsonl", [{"id": f"t{i}", "input_ids": ids} for i, ids in
+                                                  enumerate(setup.tiny.trained[:8] + setup.tiny.unseen[:8])])
+    invoke("extract", "--model", teacher, "--data", data, "--out", tmp_path / "extract")
+    rows = pq.read_table(tmp_path / "extract" / "results.parquet").to_pydict()
+    memorized = dict(zip(rows["example_id"], rows["exact_match"]))
+    assert sum(memorized[f"t{i}"] for i in range(8)) >= 7
+    assert sum(memorized[f"t{i}"] for i in range(8, 16)) == 0
+
+
+def test_baseline_seeds_differ(setup, tmp_path):
+    for seed in (1, 2):
+        train_cli("finetune", "--run", "baseline", "--seed", seed, *recipe_args(setup, tmp_path, **{"student.epochs": 1}))
+    one, two = (logits(tmp_path / f"baseline-seed{s}", setup.tiny.trained[:2]) for s in (1, 2))
+    assert not torch.allclose(one, two)
+
+
+def test_soft_distillation_lowers_kl(setup, tmp_path):
+    windows = setup.tiny.trained[:8]
+    before = mean_kl(setup.tiny.model, setup.student, windows)
+    train_cli("distill-soft", *recipe_args(setup, tmp_path))
+    after = mean_kl(setup.tiny.model, tmp_path / "soft", windows)
+    assert after < 0.8 * before
+
+
+def test_hard_distillation_trains_on_teacher_text(setup, tmp_path):
+    import datasets
+
+    corpus = datasets.load_dataset("parquet", data_files=str(setup.corpus / "results.parquet"), split="train")
+    teacher_text = corpus["input_ids"]
+    assert [row[:50] for row in teacher_text] == [w[:50] for w in setup.tiny.trained[:8]]
+    before = mean_ce(setup.student, teacher_text)
+    train_cli("distill-hard", *recipe_args(setup, tmp_path, **{"hard.corpus": setup.corpus}))
+    assert mean_ce(tmp_path / "hard", teacher_text) < 0.8 * before
+
+
+def bad_corpus(setup, tmp_path, change) -> Path:
+    table = pq.read_table(setup.corpus / "results.parquet").to_pydict()
+    change(table)
+    path = tmp_path / "bad.parquet"
+    pq.write_table(pa.table(table), path)
+    return path
+
+
+def flip_prefix_token(table):
+    table["input_ids"][3][10] = (table["input_ids"][3][10] + 1) % 100
+
+
+def drop_rows(table):
+    for column in table.values():
+        del column[5:]
+
+
+def cut_continuation(table):
+    table["input_ids"] = [row[:80] for row in table["input_ids"]]
+
+
+@pytest.mark.parametrize("change, message", [(flip_prefix_token, "does not start with"),
+                                             (drop_rows, "of the 8 training windows"),
+                                             (cut_continuation, "window length of 100")])
+def test_bad_corpus_is_refused(setup, tmp_path, change, message):
+    path = bad_corpus(setup, tmp_path, change)
+    result = train_cli("distill-hard", *recipe_args(setup, tmp_path, **{"hard.corpus": path}), code=2)
+    assert_one_line_error(result, message)
+    assert not (tmp_path / "hard").exists() and not (tmp_path / "hard.partial").exists()
+
+
+def assert_one_line_error(result, message):
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error:") and message in lines[0], result.output
+
+
+def test_vocabulary_mismatch_is_refused_before_training(setup, tmp_path):
+    from evalmem.tiny import build_model, kjv_verses, train_tokenizer
+
+    other = train_tokenizer(kjv_verses()[20000:22000], tmp_path / "tok", vocab_size=1024)
+    student = build_model(tmp_path / "other", other, hidden=64, layers=2)
+    result = train_cli("distill-soft", *recipe_args(setup, tmp_path, **{"student.model": student}), code=2)
+    assert_one_line_error(result, "different tokenizers")
+    assert not (tmp_path / "soft").exists() and not (tmp_path / "soft.partial").exists()
+
+
+def test_unknown_recipe_key_is_refused(setup, tmp_path):
+    recipe = yaml.safe_load(RECIPE.read_text())
+    recipe["student"]["learning_rate"] = 1e-3
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    result = train_cli("finetune", "--run", "baseline", "--recipe", path, code=2)
+    assert_one_line_error(result, "unknown recipe key student.learning_rate")
+    result = train_cli("finetune", "--run", "baseline", *recipe_args(setup, tmp_path, **{"soft.temp": 1}), code=2)
+    assert_one_line_error(result, "unknown recipe key soft.temp")
+
+
+def test_window_longer_than_context_is_refused(setup, tmp_path):
+    long = write_jsonl(tmp_path / "long.jsonl", [{"input_ids": list(range(600))}])
+    args = recipe_args(setup, tmp_path, **{"data.path": long, "data.window_len": 600})
+    result = train_cli("finetune", "--run", "teacher", *args, code=2)
+    assert_one_line_error(result, "exceeds the context")
+    assert not (tmp_path / "teacher").exists()
+
+
+def test_recipes_load_and_set_the_papers_settings():
+    from train.recipe import load_recipe
+
+    recipes = {p.stem: load_recipe(p) for p in RECIPE.parent.glob("*.yaml")}
+    pythia = recipes["pythia-fineweb"]
+    assert (pythia["teacher"]["model"], pythia["student"]["model"]) == ("EleutherAI/pythia-12b", "EleutherAI/pythia-1.4b")
+    assert (pythia["teacher"]["epochs"], pythia["student"]["epochs"]) == (3, 4)
+    assert pythia["student"]["lr"] == 5e-5 and pythia["student"]["scheduler"] == "cosine"
+    assert (pythia["data"]["window_len"], pythia["data"]["limit"], pythia["soft"]["temperature"]) == (256, 10**6, 2.0)
+    assert recipes["olmo2-fineweb"]["student"]["epochs"] == recipes["qwen3-fineweb"]["student"]["epochs"] == 5
+    assert np.isclose(recipes["tiny"]["teacher"]["lr"], 3e-3)
