@@ -1,14 +1,13 @@
 """Session fixtures: a tiny Llama with a locally trained tokenizer, fine-tuned (real TRL SFTTrainer)
-until most of 32 KJV windows are memorized, plus 32 windows it never saw. Nothing is downloaded."""
+until most of 32 KJV windows are memorized, plus 32 windows it never saw; the CLI in and out of
+process. Nothing is downloaded."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -19,38 +18,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 PREFIX, SUFFIX = 50, 50
 
 
-def write_jsonl(path, rows):
-    with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    return path
+from evalmem.tiny import write_jsonl  # noqa: E402,F401  (used by the tests)
 
 
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
-    """Tokenizer, base model, memorizing model and data files (about a minute on 2 cores). Set
-    EVALMEM_TEST_CACHE=DIR to build them once into DIR and reuse them in later sessions."""
-    from transformers import AutoTokenizer
-
-    from evalmem.tiny import build_model, kjv_verses, token_windows, train_tokenizer
-    from train.finetune import finetune
+    """Tokenizer, base model, memorizing model and data (about a minute on 2 cores; see
+    `evalmem.tiny.memorizing_setup`). EVALMEM_TEST_CACHE=DIR builds them once into DIR for later sessions."""
+    from evalmem.tiny import memorizing_setup
 
     cache = os.environ.get("EVALMEM_TEST_CACHE")
-    root = Path(cache) if cache else tmp_path_factory.mktemp("tiny")
-    verses = kjv_verses()
-    if not (root / "done").exists():
-        tokenizer = train_tokenizer(verses[:5000], root / "tokenizer", vocab_size=2048)
-        build_model(root / "base", tokenizer, hidden=128, layers=4)
-    tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
-    windows = token_windows(verses[:3000], tokenizer, PREFIX + SUFFIX)
-    trained, unseen = windows[:32], windows[32:64]
-    if not (root / "done").exists():
-        finetune(str(root / "base"), trained, root / "memorized", epochs=80, lr=3e-3, batch_size=16,
-                 scheduler="constant")
-        write_jsonl(root / "windows.jsonl", [{"id": f"w{i}", "input_ids": ids} for i, ids in enumerate(trained + unseen)])
-        (root / "done").touch()
-    return SimpleNamespace(root=root, tokenizer=tokenizer, base=str(root / "base"), model=str(root / "memorized"),
-                           trained=trained, unseen=unseen, data=str(root / "windows.jsonl"))
+    return memorizing_setup(Path(cache) if cache else tmp_path_factory.mktemp("tiny"), PREFIX + SUFFIX)
 
 
 def run_cli(*args, check=True, **kwargs):
@@ -89,7 +67,7 @@ def write_run(path, ids, memorized, *, data_fingerprint="sha256:test-data", pref
               model="model"):
     """A hand-built extraction run directory in `evalmem extract`'s format: the examples in `memorized`
     are exact matches (token accuracy 1), the others match their first 5 tokens (token accuracy 0.2)."""
-    from pathlib import Path
+    import json
 
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -117,6 +95,8 @@ def write_run(path, ids, memorized, *, data_fingerprint="sha256:test-data", pref
 @pytest.fixture(scope="session")
 def tiny_runs(tiny, tmp_path_factory):
     """Real `evalmem extract --engine hf` runs of the tiny memorizing model and its base on `tiny.data`."""
+    from types import SimpleNamespace
+
     root = tmp_path_factory.mktemp("tiny_runs")
     runs = SimpleNamespace(model=str(root / "model"), base=str(root / "base"))
     for model, out in ((tiny.model, runs.model), (tiny.base, runs.base)):
