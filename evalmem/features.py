@@ -19,7 +19,7 @@ fast path; the logits of a batch never leave the device.
 
 from __future__ import annotations
 
-import math
+import functools
 import time
 import zlib
 
@@ -28,11 +28,11 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
-from evalmem.data import cut_windows, load_source, token_lists
+from evalmem.data import check_vocabulary, cut_windows, load_source, token_lists
 from evalmem.engines import model_config, model_fingerprint
 from evalmem.errors import InputError, first_line
 from evalmem.predict import FEATURES
-from evalmem.runner import check_lengths, load_tokenizer, resolve_dtype
+from evalmem.runner import check_lengths, load_tokenizer, resolve_dtype, run_shards
 from evalmem.store import RunDir
 
 
@@ -87,8 +87,9 @@ def features_run(*, teacher, baseline, data, split, data_config, text_column, to
     seq_len = max(check_lengths(c, prefix_len, suffix_len) for c in configs.values())
     source = load_source(data, split, data_config, text_column, limit)
     tok = load_tokenizer(tokenizer or teacher)
-    vocab_size = min(c.get_text_config().vocab_size for c in configs.values())
+    check_vocabulary(source, min(c.get_text_config().vocab_size for c in configs.values()))
     dtype = resolve_dtype(configs[teacher], dtype)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     settings = {"command": "features", "teacher": teacher, "baseline": baseline,
                 "teacher_fingerprint": model_fingerprint(teacher, configs[teacher]),
                 "baseline_fingerprint": model_fingerprint(baseline, configs[baseline]),
@@ -100,11 +101,19 @@ def features_run(*, teacher, baseline, data, split, data_config, text_column, to
     run.open()
     if run.is_complete():
         return run.read_summary()
-    count = math.ceil(len(source) / shard_size)
-    todo = [i for i in range(count) if run.shard_meta(i) is None]
-    if todo:
-        _score_shards(run, todo, source, tok, settings, vocab_size, batch_size)
-    metas = [run.shard_meta(i) for i in range(count)]
+    models = functools.cache(lambda: tuple(load_model(m, dtype, device) for m in (teacher, baseline)))
+
+    def work(get_models, start, stop):
+        tokens = token_lists(source, start, stop, tok if source.token_column is None else None)
+        windows = cut_windows(tokens, source.ids[start:stop], prefix_len, suffix_len)
+        teacher_model, baseline_model = get_models()
+        began = time.perf_counter()
+        values = score(teacher_model, baseline_model, np.concatenate([windows.prefix, windows.suffix], axis=1), tok,
+                       batch_size, min_k)
+        return (pa.table({"example_id": windows.example_ids, **values}),
+                {"n_short": windows.n_short, "seconds": time.perf_counter() - began})
+
+    metas = run_shards(run, len(source), shard_size, models, work, "features")
     n = sum(m["n_rows"] for m in metas)
     if n == 0:
         raise InputError(f"no example of {data} has {seq_len} tokens (prefix + suffix); nothing to score")
@@ -112,26 +121,7 @@ def features_run(*, teacher, baseline, data, split, data_config, text_column, to
     summary = {"teacher": teacher, "baseline": baseline, "data": data, "n_examples": n,
                "n_skipped_short": sum(m["n_short"] for m in metas), "prefix_len": prefix_len,
                "suffix_len": suffix_len, "features": list(FEATURES), "min_k": min_k, "dtype": dtype,
-               "device": "cuda" if torch.cuda.is_available() else "cpu", "batch_size": batch_size,
-               "seconds": round(seconds, 3), "examples_per_second": n / seconds if seconds else None,
+               "device": device, "batch_size": batch_size, "seconds": round(seconds, 3),
+               "examples_per_second": n / seconds if seconds else None,
                "tokens_per_second": n * seq_len / seconds if seconds else None}
-    return run.finalize(count, summary)
-
-
-def _score_shards(run: RunDir, todo: list[int], source, tok, settings: dict, vocab_size: int, batch_size: int):
-    from tqdm.auto import tqdm
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    teacher, baseline = (load_model(settings[k], settings["dtype"], device) for k in ("teacher", "baseline"))
-    size = settings["shard_size"]
-    for i in tqdm(todo, desc="features", unit="shard", dynamic_ncols=True):
-        start, stop = i * size, min((i + 1) * size, len(source))
-        tokens = token_lists(source, start, stop, tok if source.token_column is None else None)
-        windows = cut_windows(tokens, source.ids[start:stop], settings["prefix_len"], settings["suffix_len"],
-                              vocab_size)
-        began = time.perf_counter()
-        values = score(teacher, baseline, np.concatenate([windows.prefix, windows.suffix], axis=1), tok,
-                       batch_size, settings["min_k"])
-        table = pa.table({"example_id": windows.example_ids, **values})
-        run.write_shard(i, table, {"start": start, "stop": stop, "n_short": windows.n_short,
-                                   "seconds": time.perf_counter() - began})
+    return run.finalize(len(metas), summary)
