@@ -15,7 +15,6 @@ A student's memorized set splits exactly into easy, inherited and neither (not m
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, replace
 from itertools import combinations
 from pathlib import Path
@@ -48,22 +47,6 @@ class Run:
 
     def memorized(self) -> set:
         return set(self.table.filter(self.table["exact_match"])["example_id"].to_pylist())
-
-
-def write_atomic(path: str | Path, write) -> None:
-    """Call `write(tmp_path)`, then move the file into place, so no half-written output looks complete."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise InputError(f"cannot write {path}: {exc.strerror or first_line(exc)}") from exc
-
-
-def write_json(path: str | Path, obj) -> None:
-    write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2, default=str) + "\n"))
 
 
 def read_settings(path: Path, parquet: str) -> dict:

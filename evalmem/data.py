@@ -22,7 +22,7 @@ LOCAL_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".tx
 class Source:
     """A loaded data set and how to read tokens and ids from it."""
 
-    rows: "datasets.Dataset"  # noqa: F821
+    rows: object  # a datasets.Dataset
     name: str
     fingerprint: str
     token_column: str | None  # `input_ids` when pre-tokenized

@@ -12,18 +12,19 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from evalmem.data import cut_windows, load_source, token_lists
+from evalmem.data import check_vocabulary, cut_windows, load_source, token_lists
 from evalmem.engines import model_config, model_fingerprint
 from evalmem.errors import InputError
-from evalmem.runner import check_lengths, engine_options, load_tokenizer, resolve_dtype, run_shards
+from evalmem.runner import LazyEngine, check_lengths, engine_options, load_tokenizer, resolve_dtype, run_shards
 from evalmem.store import RunDir
 
 
-def continue_prefixes(engine, example_ids: list, prefix: np.ndarray, max_new_tokens: int, tokenizer,
+def continue_prefixes(get_engine, example_ids: list, prefix: np.ndarray, max_new_tokens: int, tokenizer,
                       sampling: dict) -> tuple[pa.Table, float]:
-    """Generate from every prefix; the corpus rows and the engine seconds."""
+    """Generate from every prefix; the corpus rows and the engine seconds (`get_engine()` builds the
+    engine on first use)."""
     start = time.perf_counter()
-    generated = engine.generate(prefix.tolist(), max_new_tokens, **sampling) if len(prefix) else []
+    generated = get_engine().generate(prefix.tolist(), max_new_tokens, **sampling) if len(prefix) else []
     seconds = time.perf_counter() - start
     rows = np.concatenate([prefix, np.array(generated, dtype=np.int64).reshape(len(prefix), max_new_tokens)], axis=1)
     table = pa.table({"example_id": pa.array(example_ids),
@@ -42,6 +43,7 @@ def generate_run(*, model, data, split, data_config, text_column, tokenizer, lim
     seq_len = check_lengths(config, prefix_len, max_new_tokens, "--max-new-tokens")
     source = load_source(data, split, data_config, text_column, limit)
     tok = load_tokenizer(tokenizer or model)
+    check_vocabulary(source, config.get_text_config().vocab_size)
     dtype = resolve_dtype(config, dtype)
     sampling = {"temperature": temperature, "top_p": top_p, "seed": seed}
     settings = {"command": "generate", "model": model, "model_fingerprint": model_fingerprint(model, config),
@@ -54,15 +56,15 @@ def generate_run(*, model, data, split, data_config, text_column, tokenizer, lim
     if run.is_complete():
         return run.read_summary()
 
-    def work(eng, start, stop):
+    def work(get_engine, start, stop):
         windows = cut_windows(token_lists(source, start, stop, tok), source.ids[start:stop], prefix_len,
-                              max_new_tokens, config.get_text_config().vocab_size)
-        table, seconds = continue_prefixes(eng, windows.example_ids, windows.prefix, max_new_tokens, tok, sampling)
+                              max_new_tokens)
+        table, seconds = continue_prefixes(get_engine, windows.example_ids, windows.prefix, max_new_tokens, tok, sampling)
         return table, {"n_short": windows.n_short, "seconds": seconds}
 
-    options = engine_options(model, dtype, seq_len, tensor_parallel_size, max_model_len, kv_cache_gb,
-                             max_num_seqs, batch_size)
-    metas, startup = run_shards(run, len(source), shard_size, engine, options, work, "generate")
+    lazy = LazyEngine(engine, engine_options(model, dtype, seq_len, tensor_parallel_size, max_model_len,
+                                             kv_cache_gb, max_num_seqs, batch_size))
+    metas = run_shards(run, len(source), shard_size, lazy, work, "generate")
     n = sum(m["n_rows"] for m in metas)
     if n == 0:
         raise InputError(f"no example of {data} has {seq_len} tokens (prefix + new tokens); nothing to generate")
@@ -70,6 +72,6 @@ def generate_run(*, model, data, split, data_config, text_column, tokenizer, lim
     summary = {"model": model, "data": data, "split": split, "n_examples": n,
                "n_skipped_short": sum(m["n_short"] for m in metas), "n_input_rows": len(source),
                "prefix_len": prefix_len, "max_new_tokens": max_new_tokens, "engine": engine, "dtype": dtype,
-               **sampling, "seconds": round(seconds, 3), "startup_seconds": round(startup, 3),
+               **sampling, "seconds": round(seconds, 3), "startup_seconds": round(lazy.startup, 3),
                "new_tokens_per_second": n * max_new_tokens / seconds if seconds else None}
     return run.finalize(len(metas), summary)

@@ -19,8 +19,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from evalmem.analysis import check_protocol, read_settings, read_table, write_atomic, write_json
+from evalmem.analysis import check_protocol, read_settings, read_table
 from evalmem.errors import InputError, first_line
+from evalmem.store import write_atomic, write_json
 
 FEATURES = ("teacher_ppl", "baseline_ppl", "kl_teacher_baseline", "zlib_entropy", "min_k_logprob")
 DEFAULT_FEATURES = FEATURES[:4]  # the paper's four; min_k_logprob is opt-in

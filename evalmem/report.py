@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from evalmem.analysis import compare, join, token_accuracies, write_atomic, write_json
+from evalmem.analysis import compare, join, token_accuracies
 from evalmem.errors import InputError, first_line
+from evalmem.store import write_atomic, write_json
 
 Table = tuple[str, list[str], list[list]]  # title, header, rows
 

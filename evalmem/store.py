@@ -68,7 +68,7 @@ class RunDir:
                 raise InputError(f"{self.path} holds a run with other settings ({', '.join(diff)}); "
                                  "use a new --out directory or the same settings to resume")
         else:
-            self._write_json(manifest_path, {"settings": self.settings, "versions": versions()})
+            write_json(manifest_path, {"settings": self.settings, "versions": versions()})
 
     def is_complete(self) -> bool:
         return self.summary_path.exists() and self.results.exists()
@@ -97,7 +97,7 @@ class RunDir:
         """Write one shard atomically, with `meta` in its footer."""
         meta = {**meta, "key": self.key, "index": index, "n_rows": table.num_rows}
         table = table.replace_schema_metadata({SHARD_KEY: json.dumps(meta)})
-        self._atomic(self.shard_path(index), lambda tmp: pq.write_table(table, tmp))
+        write_atomic(self.shard_path(index), lambda tmp: pq.write_table(table, tmp))
 
     def finalize(self, n_shards: int, summary: dict) -> dict:
         """Concatenate the shards into results.parquet, then write summary.json (in that order)."""
@@ -105,18 +105,23 @@ class RunDir:
         tables = [t.replace_schema_metadata(None) for t in tables if t.num_rows]
         table = pa.concat_tables(tables, promote_options="default")
         table = table.replace_schema_metadata({SUMMARY_KEY: json.dumps(summary)})
-        self._atomic(self.results, lambda tmp: pq.write_table(table, tmp))
-        self._write_json(self.summary_path, summary)
+        write_atomic(self.results, lambda tmp: pq.write_table(table, tmp))
+        write_json(self.summary_path, summary)
         return summary
 
-    def _write_json(self, path: Path, obj: dict) -> None:
-        self._atomic(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n"))
 
-    def _atomic(self, path: Path, write) -> None:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            write(tmp)
-            os.replace(tmp, path)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise InputError(f"cannot write {path}: {exc.strerror or first_line(exc)}") from exc
+
+def write_atomic(path: str | Path, write) -> None:
+    """Call `write(tmp_path)`, then move the file into place, so no half-written output looks complete."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise InputError(f"cannot write {path}: {exc.strerror or first_line(exc)}") from exc
+
+
+def write_json(path: str | Path, obj) -> None:
+    write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2, default=str) + "\n"))

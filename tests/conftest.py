@@ -4,10 +4,15 @@ process. Nothing is downloaded."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 import pytest
 
@@ -67,11 +72,6 @@ def write_run(path, ids, memorized, *, data_fingerprint="sha256:test-data", pref
               model="model"):
     """A hand-built extraction run directory in `evalmem extract`'s format: the examples in `memorized`
     are exact matches (token accuracy 1), the others match their first 5 tokens (token accuracy 0.2)."""
-    import json
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     path = Path(path)
     path.mkdir(parents=True)
     hit = [i in memorized for i in ids]
@@ -95,8 +95,6 @@ def write_run(path, ids, memorized, *, data_fingerprint="sha256:test-data", pref
 @pytest.fixture(scope="session")
 def tiny_runs(tiny, tmp_path_factory):
     """Real `evalmem extract --engine hf` runs of the tiny memorizing model and its base on `tiny.data`."""
-    from types import SimpleNamespace
-
     root = tmp_path_factory.mktemp("tiny_runs")
     runs = SimpleNamespace(model=str(root / "model"), base=str(root / "base"))
     for model, out in ((tiny.model, runs.model), (tiny.base, runs.base)):

@@ -14,7 +14,8 @@ def generate(invoke, tiny, out, *args, code=0):
 
 
 def rows(out):
-    return datasets.load_dataset("parquet", data_files=str(out / "results.parquet"), split="train")
+    """The corpus as `datasets` loads it, as plain lists."""
+    return datasets.load_dataset("parquet", data_files=str(out / "results.parquet"), split="train").to_dict()
 
 
 def test_generate_equals_transformers_greedy(tiny, tmp_path, invoke):

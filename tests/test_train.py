@@ -15,7 +15,7 @@ import torch
 import yaml
 from click.testing import CliRunner
 
-from conftest import write_jsonl
+from evalmem.tiny import write_jsonl
 from train.distill_soft import soft_kd_loss
 
 RECIPE = Path(__file__).resolve().parents[1] / "train" / "recipes" / "tiny.yaml"
@@ -44,7 +44,7 @@ def setup(tiny, tmp_path_factory):
     """A smaller student with the teacher's tokenizer; 8 training windows; the teacher's corpus on them."""
     from evalmem.tiny import build_model
 
-    from conftest import invoke_cli
+    from conftest import invoke_cli  # the in-process CLI of the tests
 
     root = tmp_path_factory.mktemp("train")
     student = build_model(root / "student", tiny.tokenizer, hidden=64, layers=2, seed=1)
@@ -129,7 +129,7 @@ def test_hard_distillation_trains_on_teacher_text(setup, tmp_path):
     import datasets
 
     corpus = datasets.load_dataset("parquet", data_files=str(setup.corpus / "results.parquet"), split="train")
-    teacher_text = corpus["input_ids"]
+    teacher_text = list(corpus["input_ids"])
     assert [row[:50] for row in teacher_text] == [w[:50] for w in setup.tiny.trained[:8]]
     before = mean_ce(setup.student, teacher_text)
     train_cli("distill-hard", *recipe_args(setup, tmp_path, **{"hard.corpus": setup.corpus}))

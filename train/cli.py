@@ -1,0 +1,117 @@
+"""`python -m train finetune|distill-soft|distill-hard --recipe RECIPE.yaml [overrides]`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import yaml
+
+from evalmem.errors import InputError
+from evalmem.runner import load_tokenizer
+from train.recipe import check_context, load_recipe, training_windows
+
+
+def recipe_options(f):
+    """Options shared by every training command."""
+    options = [
+        click.option("--recipe", required=True, type=click.Path(dir_okay=False),
+                     help="Recipe YAML (train/recipes/*.yaml): data, models and training settings."),
+        click.option("--seed", type=click.IntRange(min=0), default=None,
+                     help="Seed of the data order and initialisation [default: the recipe's seed]."),
+        click.option("--out", default=None, type=click.Path(file_okay=False),
+                     help="Checkpoint folder to write [default: the recipe's out/RUN]; must not exist."),
+        click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                     help="Override a recipe key, e.g. --set student.epochs=1 (repeatable)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def prepare(recipe_path: str, seed: int | None, out: str | None, overrides: tuple[str, ...], run: str):
+    """The recipe with overrides and seed applied, and the checkpoint folder (refused if it exists)."""
+    pairs = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise InputError(f"--set takes KEY=VALUE, got {item!r}")
+        pairs[key.strip()] = yaml.safe_load(value)
+    recipe = load_recipe(recipe_path, pairs)
+    if seed is not None:
+        recipe["seed"] = seed
+    out = Path(out or Path(recipe["out"]) / run.format(seed=recipe["seed"]))
+    if out.exists():
+        raise InputError(f"{out} exists: remove it or pass another --out")
+    return recipe, out
+
+
+def settings(recipe: dict, section: str) -> dict:
+    """A model section's training settings, as `train.finetune.training_args` takes them."""
+    return {**{k: v for k, v in recipe[section].items() if k != "model"}, "seed": recipe["seed"]}
+
+
+def model_of(recipe: dict, section: str) -> str:
+    model = recipe[section]["model"]
+    if model is None:
+        raise InputError(f"the recipe does not set {section}.model")
+    check_context(model, recipe["data"]["window_len"])
+    return model
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+def main():
+    """Train the teacher, baselines and distilled students of a recipe (TRL). Each command writes a plain
+    Hugging Face folder that appears only when training has finished."""
+
+
+@main.command()
+@click.option("--run", type=click.Choice(["teacher", "baseline"]), required=True,
+              help="teacher: the recipe's teacher model, into OUT/teacher. baseline: the student model, into "
+                   "OUT/baseline-seedSEED (train one per --seed).")
+@recipe_options
+def finetune(run, recipe, seed, out, overrides):
+    """Fine-tune with cross-entropy on the training windows (TRL SFTTrainer)."""
+    from train.finetune import finetune as train
+
+    section = "teacher" if run == "teacher" else "student"
+    recipe, out = prepare(recipe, seed, out, overrides, "teacher" if run == "teacher" else "baseline-seed{seed}")
+    model = model_of(recipe, section)
+    _, windows = training_windows(recipe["data"], load_tokenizer(model))
+    click.echo(f"saved {train(model, windows, out, **settings(recipe, section))}")
+
+
+@main.command("distill-soft")
+@recipe_options
+def distill_soft(recipe, seed, out, overrides):
+    """Distill the fine-tuned teacher (soft.teacher, default OUT/teacher) into the student with T²-scaled
+    forward KL at temperature soft.temperature over the full vocabulary (TRL GKDTrainer)."""
+    from train.distill_soft import distill_soft as train, shared_vocabulary
+
+    recipe, out = prepare(recipe, seed, out, overrides, "soft")
+    teacher = recipe["soft"]["teacher"] or str(Path(recipe["out"]) / "teacher")
+    student = model_of(recipe, "student")
+    check_context(teacher, recipe["data"]["window_len"])
+    shared_vocabulary(teacher, student)
+    _, windows = training_windows(recipe["data"], load_tokenizer(student))
+    saved = train(teacher, student, windows, out, temperature=recipe["soft"]["temperature"],
+                  **settings(recipe, "student"))
+    click.echo(f"saved {saved}")
+
+
+@main.command("distill-hard")
+@recipe_options
+def distill_hard(recipe, seed, out, overrides):
+    """Train the student with cross-entropy on the teacher's corpus (hard.corpus, default OUT/corpus, made by
+    `evalmem generate`), after checking that its rows continue the training windows' prefixes."""
+    from train.distill_hard import distill_hard as train, load_corpus
+
+    recipe, out = prepare(recipe, seed, out, overrides, "hard")
+    corpus = recipe["hard"]["corpus"] or str(Path(recipe["out"]) / "corpus")
+    student = model_of(recipe, "student")
+    rows = load_corpus(corpus)
+    tokenizer = load_tokenizer(student)
+    ids, windows = training_windows(recipe["data"], tokenizer)
+    saved = train(student, rows, ids, windows, out, prefix_len=recipe["hard"]["prefix_len"],
+                  vocab_size=len(tokenizer), name=corpus, **settings(recipe, "student"))
+    click.echo(f"saved {saved}")
