@@ -9,11 +9,9 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 from rapidfuzz.distance import Levenshtein
 
-from evalmem.data import Windows, check_vocabulary, cut_windows, load_source, token_lists
-from evalmem.engines import model_config, model_fingerprint
+from evalmem.data import Windows
 from evalmem.errors import InputError
-from evalmem.runner import LazyEngine, check_lengths, engine_options, load_tokenizer, resolve_dtype, run_shards
-from evalmem.store import RunDir
+from evalmem.runner import open_job
 
 APPROX_THRESHOLD = 0.1  # "approximate" memorization: normalized edit distance within 10%
 
@@ -67,48 +65,28 @@ def shard_stats(table: pa.Table) -> dict:
             "match_len": int(pa.compute.sum(table["match_len"]).as_py() or 0)}
 
 
-def extract_run(*, model, data, split, data_config, text_column, tokenizer, limit, prefix_len, suffix_len,
-                shard_size, out, strict, engine, dtype, tensor_parallel_size, max_model_len, kv_cache_gb,
-                max_num_seqs, batch_size) -> dict:
+def extract_run(*, suffix_len, strict, **job_options) -> dict:
     """`evalmem extract`: extraction over a whole data set into a resumable result directory."""
-    config = model_config(model)
-    seq_len = check_lengths(config, prefix_len, suffix_len)
-    source = load_source(data, split, data_config, text_column, limit)
-    tok = load_tokenizer(tokenizer or model) if source.token_column is None else None
-    check_vocabulary(source, config.get_text_config().vocab_size)
-    dtype = resolve_dtype(config, dtype)
-    settings = {"command": "extract", "model": model, "model_fingerprint": model_fingerprint(model, config),
-                "data": data, "data_fingerprint": source.fingerprint, "split": split, "config": data_config,
-                "text_column": source.text_column, "tokenizer": tokenizer, "limit": limit, "prefix_len": prefix_len,
-                "suffix_len": suffix_len, "shard_size": shard_size, "engine": engine, "dtype": dtype, "mode": "decode"}
-    run = RunDir(out, settings)
-    run.open()
-    if run.is_complete():
-        return run.read_summary()
+    job = open_job("extract", new_tokens=suffix_len, new_tokens_option="--suffix-len", settings={"mode": "decode"},
+                   **job_options)
+    if job.run.is_complete():
+        return job.run.read_summary()
 
     def work(get_engine, start, stop):
-        windows = cut_windows(token_lists(source, start, stop, tok), source.ids[start:stop], prefix_len, suffix_len)
+        windows = job.windows(start, stop)
         if strict and windows.n_short:
             raise InputError(f"{windows.n_short} examples in rows {start}..{stop - 1} have fewer than "
-                             f"{seq_len} tokens (--strict)")
+                             f"{job.prefix_len + suffix_len} tokens (--strict)")
         table, seconds = extract(get_engine, windows)
         return table, {"n_short": windows.n_short, "seconds": seconds, "stats": shard_stats(table)}
 
-    lazy = LazyEngine(engine, engine_options(model, dtype, seq_len, tensor_parallel_size, max_model_len,
-                                             kv_cache_gb, max_num_seqs, batch_size))
-    metas = run_shards(run, len(source), shard_size, lazy, work, "extract")
+    metas = job.run_shards(work)
     totals = {k: sum(m["stats"][k] for m in metas) for k in metas[0]["stats"]}
-    n = totals["n"]
-    if n == 0:
-        raise InputError(f"no example of {data} has {seq_len} tokens (prefix + suffix); nothing to extract")
-    seconds = sum(m["seconds"] for m in metas)
-    summary = {"model": model, "data": data, "split": split, "n_examples": n,
-               "n_skipped_short": sum(m["n_short"] for m in metas), "n_input_rows": len(source),
-               "prefix_len": prefix_len, "suffix_len": suffix_len, "engine": engine, "mode": "decode",
-               "dtype": dtype, "exact_match_count": totals["exact"], "exact_match_rate": totals["exact"] / n,
-               "approx_match_count": totals["approx"], "approx_match_rate": totals["approx"] / n,
-               "mean_token_accuracy": totals["token_accuracy"] / n, "mean_match_len": totals["match_len"] / n,
-               "seconds": round(seconds, 3), "startup_seconds": round(lazy.startup, 3),
-               "examples_per_second": n / seconds if seconds else None,
-               "tokens_per_second": n * seq_len / seconds if seconds else None}
-    return run.finalize(len(metas), summary)
+    n = max(totals["n"], 1)
+    summary = job.summary(
+        metas, suffix_len=suffix_len, mode="decode", exact_match_count=totals["exact"],
+        exact_match_rate=totals["exact"] / n, approx_match_count=totals["approx"], approx_match_rate=totals["approx"] / n,
+        mean_token_accuracy=totals["token_accuracy"] / n, mean_match_len=totals["match_len"] / n)
+    summary["tokens_per_second"] = summary["n_examples"] * (job.prefix_len + suffix_len) / summary["seconds"] \
+        if summary["seconds"] else None
+    return job.run.finalize(len(metas), summary)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from typing import Callable
 
-from evalmem.engines import EngineOptions, context_length, load_engine
+from evalmem.data import Source, Windows, check_vocabulary, cut_windows, load_source, token_lists
+from evalmem.engines import EngineOptions, context_length, load_engine, model_config, model_fingerprint
 from evalmem.errors import InputError, first_line
 from evalmem.store import RunDir
 
@@ -84,3 +86,61 @@ def run_shards(run: RunDir, n_rows: int, shard_size: int, engine: LazyEngine, wo
             metas[i] = {**meta, "n_rows": table.num_rows}
             bar.update(hi - lo)
     return metas
+
+
+@dataclass
+class Job:
+    """A model-running command over a data set (extract, generate), checked and with its run opened."""
+
+    command: str
+    source: Source
+    tokenizer: object
+    run: RunDir
+    engine: LazyEngine
+    prefix_len: int
+    new_tokens: int
+    shard_size: int
+
+    def windows(self, start: int, stop: int) -> Windows:
+        """Prefix and following `new_tokens` of rows [start, stop)."""
+        tokens = token_lists(self.source, start, stop, self.tokenizer)
+        return cut_windows(tokens, self.source.ids[start:stop], self.prefix_len, self.new_tokens)
+
+    def run_shards(self, work: Callable) -> list[dict]:
+        return run_shards(self.run, len(self.source), self.shard_size, self.engine, work, self.command)
+
+    def summary(self, metas: list[dict], **fields) -> dict:
+        """The fields every summary has, then `fields`; refuses a run where no example was long enough."""
+        n = sum(m["n_rows"] for m in metas)
+        if n == 0:
+            raise InputError(f"no example of {self.source.name} has {self.prefix_len + self.new_tokens} tokens; "
+                             f"nothing to {self.command}")
+        s = self.run.settings
+        seconds = sum(m["seconds"] for m in metas)
+        return {"model": s["model"], "data": s["data"], "split": s["split"], "n_examples": n,
+                "n_skipped_short": sum(m["n_short"] for m in metas), "n_input_rows": len(self.source),
+                "prefix_len": self.prefix_len, "engine": s["engine"], "dtype": s["dtype"], **fields,
+                "seconds": round(seconds, 3), "startup_seconds": round(self.engine.startup, 3),
+                "examples_per_second": n / seconds if seconds else None}
+
+
+def open_job(command: str, *, model, data, split, data_config, text_column, tokenizer, limit, prefix_len,
+             new_tokens: int, new_tokens_option: str, shard_size, out, engine, dtype, tensor_parallel_size,
+             max_model_len, kv_cache_gb, max_num_seqs, batch_size, settings: dict, need_tokenizer=False) -> Job:
+    """Check the model, lengths and data (before any model loads) and open the result directory with
+    the job's settings (`settings` adds the command's own)."""
+    config = model_config(model)
+    seq_len = check_lengths(config, prefix_len, new_tokens, new_tokens_option)
+    source = load_source(data, split, data_config, text_column, limit)
+    tok = load_tokenizer(tokenizer or model) if need_tokenizer or source.token_column is None else None
+    check_vocabulary(source, config.get_text_config().vocab_size)
+    dtype = resolve_dtype(config, dtype)
+    run = RunDir(out, {"command": command, "model": model, "model_fingerprint": model_fingerprint(model, config),
+                       "data": data, "data_fingerprint": source.fingerprint, "split": split, "config": data_config,
+                       "text_column": source.text_column, "tokenizer": tokenizer, "limit": limit,
+                       "prefix_len": prefix_len, new_tokens_option[2:].replace("-", "_"): new_tokens,
+                       "shard_size": shard_size, "engine": engine, "dtype": dtype, **settings})
+    run.open()
+    lazy = LazyEngine(engine, engine_options(model, dtype, seq_len, tensor_parallel_size, max_model_len,
+                                             kv_cache_gb, max_num_seqs, batch_size))
+    return Job(command, source, tok, run, lazy, prefix_len, new_tokens, shard_size)
