@@ -5,7 +5,7 @@ locally trained tokenizer, cuts N KJV windows of prefix+suffix tokens, runs extr
 and prints examples/s, the ratio between them, engine start-up apart, and each one's ratio to the FLOP
 bound (2 x matmul parameters x tokens processed / this machine's measured matmul rate).
 
-    .venv/bin/python scripts/bench_extract.py [--n 2000] [--max-num-seqs 512 1024]
+    .venv/bin/python scripts/bench_extract.py [--n 2000] [--max-num-seqs 256 512] [--dtype bfloat16]
 """
 
 import argparse
@@ -55,6 +55,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=5)
     parser.add_argument("--hf-batch-size", type=int, default=256)
+    parser.add_argument("--dtype", default="float32", help="both engines' dtype (the FLOP bound stays fp32's)")
     parser.add_argument("--max-num-seqs", type=int, nargs="+", default=[512], help="vLLM settings to compare")
     args = parser.parse_args()
 
@@ -73,7 +74,7 @@ def main() -> None:
           f"torch threads {torch.get_num_threads()}")
 
     common = ["--prefix-len", str(args.prefix_len), "--suffix-len", str(args.suffix_len),
-              "--shard-size", str(len(windows))]
+              "--shard-size", str(len(windows)), "--dtype", args.dtype]
     results = {"transformers generate": run("hf", model, data, root / "hf", common + ["--batch-size",
                                                                                       str(args.hf_batch_size)])}
     for seqs in args.max_num_seqs:

@@ -108,3 +108,13 @@ def test_subprocess_prints_one_line_and_exits_2(tiny, tmp_path, cli):
                check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"Error: no such data file: {tmp_path / 'missing.parquet'}"]
+
+
+def test_model_the_engine_cannot_run(tiny, tmp_path, cli):
+    """vLLM's CPU attention has no kernel for head_dim 16: reported as a load error, not a traceback."""
+    from evalmem.tiny import build_model
+
+    model = build_model(tmp_path / "odd", tiny.tokenizer, hidden=64, layers=1, heads=4)
+    proc = cli("extract", "--model", model, "--data", tiny.data, "--out", tmp_path / "o", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"Error: cannot load model {model} with engine vllm")

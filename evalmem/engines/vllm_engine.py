@@ -36,6 +36,7 @@ class VLLMEngine:
         if ON_CPU:
             kwargs["enforce_eager"] = True
         self.llm = LLM(**kwargs)
+        self.generate([[0]], 1)  # surface an unsupported model configuration now, as a load error
 
     def generate(self, prompts, max_new_tokens, *, temperature=0.0, top_p=1.0, seed=None):
         params = SamplingParams(temperature=temperature, top_p=top_p, seed=seed, max_tokens=max_new_tokens,
