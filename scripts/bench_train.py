@@ -69,7 +69,7 @@ def bench_generate(model: str, prompts, new_tokens: int) -> dict[str, float]:
     from evalmem.engines import EngineOptions, load_engine
 
     result = {}
-    for name in ("vllm", "hf"):
+    for name in ("hf", "vllm"):  # transformers first: vLLM's CPU thread binding would slow it afterwards
         engine = load_engine(name, EngineOptions(model=model, max_model_len=len(prompts[0]) + new_tokens))
         start = time.perf_counter()
         engine.generate(prompts, new_tokens)

@@ -50,15 +50,17 @@ def cli():
     return run_cli
 
 
-def invoke_cli(*args, code=0):
-    """Run `evalmem ARGS` in this process (reusing the session's vLLM engine); check the exit code."""
+def invoke_cli(*args, code=0, group=None):
+    """Run `evalmem ARGS` (or another click `group`) in this process, reusing the session's vLLM engine;
+    check the exit code."""
     from click.testing import CliRunner
 
     from evalmem.cli import main
 
-    result = CliRunner().invoke(main, [str(a) for a in args])
+    group = group or main
+    result = CliRunner().invoke(group, [str(a) for a in args])
     if result.exit_code != code:
-        raise AssertionError(f"evalmem {' '.join(map(str, args))}: exit {result.exit_code} != {code}\n"
+        raise AssertionError(f"{group.name} {' '.join(map(str, args))}: exit {result.exit_code} != {code}\n"
                              f"{result.output[-3000:]}\n{result.exception!r}")
     return result
 

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
-from click.testing import CliRunner
+from conftest import invoke_cli
 
 from evalmem.tiny import write_jsonl
 from train.distill_soft import soft_kd_loss
@@ -25,11 +25,7 @@ def train_cli(*args, code=0):
     """Run `python -m train ARGS` in this process; check the exit code."""
     from train.cli import main
 
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    if result.exit_code != code:
-        raise AssertionError(f"train {' '.join(map(str, args))}: exit {result.exit_code} != {code}\n"
-                             f"{result.output[-3000:]}\n{result.exception!r}")
-    return result
+    return invoke_cli(*args, code=code, group=main)
 
 
 def recipe_args(setup, out, **sets):

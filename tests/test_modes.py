@@ -1,0 +1,109 @@
+"""`evalmem extract --mode screen|verify` against `--mode decode` (the reference) on the tiny models."""
+
+import json
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from conftest import PREFIX, SUFFIX
+
+MODES = ("decode", "screen", "verify")
+NULL_COLUMNS = ("token_accuracy", "edit_distance", "approx_match", "generated_ids")
+
+
+@pytest.fixture(scope="module")
+def runs(tiny, tmp_path_factory):
+    """The tiny memorizing model's extraction in every mode (shards of 24: the last one is partial)."""
+    from conftest import invoke_cli
+
+    out = tmp_path_factory.mktemp("modes")
+    for mode in MODES:
+        invoke_cli("extract", "--model", tiny.model, "--data", tiny.data, "--out", out / mode, "--engine", "hf",
+                   "--mode", mode, "--shard-size", 24)
+    return {m: {"rows": pq.read_table(out / m / "results.parquet").to_pylist(),
+                "summary": json.loads((out / m / "summary.json").read_text())} for m in MODES}
+
+
+@pytest.mark.parametrize("mode", ["screen", "verify"])
+def test_exact_match_and_match_len_equal_decode(runs, mode):
+    decode, rows = runs["decode"]["rows"], runs[mode]["rows"]
+    assert [r["example_id"] for r in rows] == [r["example_id"] for r in decode]
+    assert [r["exact_match"] for r in rows] == [r["exact_match"] for r in decode]
+    assert [r["match_len"] for r in rows] == [r["match_len"] for r in decode]
+    assert [r["suffix_ids"] for r in rows] == [r["suffix_ids"] for r in decode]
+    lengths = {r["match_len"] for r in decode}
+    assert SUFFIX in lengths and 0 in lengths, "memorized and non-memorized examples must be present"
+    assert lengths - {0, SUFFIX}, "and some that diverge part-way"
+    summary = runs[mode]["summary"]
+    assert summary["exact_match_count"] == runs["decode"]["summary"]["exact_match_count"]
+    assert summary["mean_match_len"] == pytest.approx(runs["decode"]["summary"]["mean_match_len"])
+
+
+@pytest.mark.parametrize("mode", ["screen", "verify"])
+def test_columns_needing_generated_text_are_null(runs, mode):
+    rows, summary = runs[mode]["rows"], runs[mode]["summary"]
+    assert summary["mode"] == mode and summary["engine"] == "hf"
+    assert summary["null_columns"] == list(NULL_COLUMNS)
+    assert summary["approx_match_rate"] is None and summary["mean_token_accuracy"] is None
+    assert summary["n_near_ties"] == sum(r["near_tie"] for r in rows)
+    for row in rows:
+        assert all(row[c] is None for c in NULL_COLUMNS)
+        assert row["exact_match"] == (row["match_len"] == SUFFIX)
+    assert runs["decode"]["summary"]["mode"] == "decode"
+    assert all(r["approx_match"] is not None for r in runs["decode"]["rows"])
+
+
+def test_screen_logprobs_are_the_models(runs, tiny):
+    """suffix_logprobs equal an independent full forward pass over the whole window."""
+    from transformers import AutoModelForCausalLM
+
+    rows = runs["screen"]["rows"]
+    assert all(r["suffix_logprobs"] is None for r in runs["verify"]["rows"])
+    model = AutoModelForCausalLM.from_pretrained(tiny.model).eval()
+    picked = rows[:4] + rows[-4:]
+    ids = torch.tensor([r["prefix_ids"] + r["suffix_ids"] for r in picked])
+    with torch.inference_mode():
+        logprobs = torch.log_softmax(model(input_ids=ids).logits.float(), -1)
+    expected = logprobs[:, PREFIX - 1:-1].gather(-1, ids[:, PREFIX:, None]).squeeze(-1).numpy()
+    np.testing.assert_allclose(np.array([r["suffix_logprobs"] for r in picked]), expected, atol=1e-4)
+    memorized = [np.mean(r["suffix_logprobs"]) for r in rows if r["exact_match"]]
+    unseen = [np.mean(r["suffix_logprobs"]) for r in rows if r["match_len"] == 0]
+    assert min(memorized) > max(unseen)
+
+
+def test_exact_tie_is_flagged_as_near_tie(tiny, tmp_path, invoke):
+    """A model whose output rows for two tokens are identical ties them exactly: every example whose
+    deciding positions include one of them is flagged, in screen and in verify."""
+    from safetensors.torch import load_file, save_file
+
+    model = tmp_path / "tied"
+    shutil.copytree(tiny.model, model)
+    weights = load_file(model / "model.safetensors")
+    first = json.loads(open(tiny.data).readline())["input_ids"][PREFIX]  # example 0's first suffix token
+    twin = (first + 1) % weights["lm_head.weight"].shape[0]
+    weights["lm_head.weight"][twin] = weights["lm_head.weight"][first]
+    save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
+    for mode in ("screen", "verify"):
+        invoke("extract", "--model", model, "--data", tiny.data, "--limit", 4, "--mode", mode,
+               "--out", tmp_path / mode)
+        rows = pq.read_table(tmp_path / mode / "results.parquet").to_pylist()
+        assert rows[0]["near_tie"], mode
+        assert json.loads((tmp_path / mode / "summary.json").read_text())["n_near_ties"] >= 1
+
+
+def test_bad_mode_exits_2(tiny, tmp_path, invoke):
+    result = invoke("extract", "--model", tiny.model, "--data", tiny.data, "--mode", "fast", "--out", tmp_path,
+                    code=2)
+    assert "--mode" in result.output
+    assert not tmp_path.joinpath("manifest.json").exists()
+
+
+def test_resume_with_another_mode_is_refused(tiny, tmp_path, invoke):
+    args = ["extract", "--model", tiny.model, "--data", tiny.data, "--limit", 4, "--out", tmp_path]
+    invoke(*args, "--mode", "screen")
+    result = invoke(*args, "--mode", "verify", code=2)
+    assert "mode" in result.output and "other settings" in result.output
+    invoke(*args, "--mode", "screen")  # the same mode resumes (here: a complete run, nothing to do)
