@@ -25,7 +25,8 @@ def model_options(f):
         click.option("--max-num-seqs", type=click.IntRange(min=1), default=512, show_default=True,
                      help="Sequences the vllm engine batches at once."),
         click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True,
-                     help="Prompts per generate call (hf engine)."),
+                     help="Prompts per generate call (hf engine); windows per forward pass (extract --mode "
+                          "screen/verify, where on CPU 32 is faster)."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -65,17 +66,28 @@ def main():
               help="Tokens greedily decoded and compared with the true continuation.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Result directory (resumable).")
 @click.option("--strict", is_flag=True, help="Fail on examples shorter than prefix + suffix instead of skipping them.")
+@click.option("--mode", type=click.Choice(["decode", "screen", "verify"]), default="decode", show_default=True,
+              help="decode: greedy-decode every suffix with --engine; all columns (the reference). "
+                   "screen: one teacher-forced forward pass over prefix+suffix; exact_match, match_len and "
+                   "suffix_logprobs (log-probability of each true suffix token). "
+                   "verify: decode only up to each example's first mismatch (KV cache, finished rows dropped); "
+                   "exact_match and match_len. screen and verify give decode's exact_match and match_len, run "
+                   "in transformers (--engine is ignored; --dtype and --batch-size apply), write token_accuracy, "
+                   "edit_distance, approx_match and generated_ids as nulls, and flag near_tie rows (an arg-max "
+                   "decided by a logit gap so small that another engine or dtype could round it the other way; "
+                   "counted in summary n_near_ties).")
 @model_options
 def extract(model, data, split, data_config, text_column, tokenizer, limit, prefix_len, shard_size, suffix_len,
-            out, strict, **engine_kwargs):
+            out, strict, mode, **engine_kwargs):
     """Discoverable extraction: greedy-decode SUFFIX-LEN tokens from each example's first PREFIX-LEN tokens
-    and compare them with the true continuation. Writes OUT/results.parquet (one row per example) and
-    OUT/summary.json; rerun the same command to resume an interrupted run."""
+    and compare them with the true continuation (--mode screen/verify: exact match and match length with less
+    work than decoding). Writes OUT/results.parquet (one row per example) and OUT/summary.json; rerun the
+    same command to resume an interrupted run."""
     from evalmem.extraction import extract_run
 
     summary = extract_run(model=model, data=data, split=split, data_config=data_config, text_column=text_column,
                           tokenizer=tokenizer, limit=limit, prefix_len=prefix_len, suffix_len=suffix_len,
-                          shard_size=shard_size, out=out, strict=strict, **engine_kwargs)
+                          shard_size=shard_size, out=out, strict=strict, mode=mode, **engine_kwargs)
     click.echo(json.dumps(summary, indent=2))
 
 

@@ -1,4 +1,5 @@
-"""Extraction metrics from (generated, true suffix) token pairs, and one shard's extraction."""
+"""Extraction metrics from (generated, true suffix) token pairs, and one shard's extraction in one of
+the modes below (`evalmem.screen` explains why screen and verify agree with decoding)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ from evalmem.errors import InputError
 from evalmem.runner import open_job
 
 APPROX_THRESHOLD = 0.1  # "approximate" memorization: normalized edit distance within 10%
+MODES = ("decode", "screen", "verify")  # decode: the reference, all columns; the others: see NOT_DECODED
+NOT_DECODED = {"token_accuracy": pa.float64(), "edit_distance": pa.float64(), "approx_match": pa.bool_(),
+               "generated_ids": pa.list_(pa.int32())}  # need generated text: null in screen and verify
 
 
 def match_lengths(generated: np.ndarray, suffix: np.ndarray) -> np.ndarray:
@@ -41,19 +45,41 @@ def metrics(generated: np.ndarray, suffix: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def extract(get_engine, windows: Windows) -> tuple[pa.Table, float]:
-    """Greedy-decode every window's suffix from its prefix; the result rows and the engine seconds.
-    `get_engine()` returns the engine (built on first use: an empty shard needs none)."""
+def extract(get_engine, windows: Windows, mode: str = "decode") -> tuple[pa.Table, float]:
+    """Extraction of every window in `mode`; the result rows and the engine seconds. `get_engine()`
+    returns the engine (built on first use: an empty shard needs none)."""
     start = time.perf_counter()
-    suffix_len = windows.suffix.shape[1]
-    generated = get_engine().generate(windows.prefix.tolist(), suffix_len) if len(windows.prefix) else []
+    n, suffix_len = windows.suffix.shape
+    if mode == "decode":
+        generated = get_engine().generate(windows.prefix.tolist(), suffix_len) if n else []
+        generated = np.array(generated, dtype=np.int64).reshape(n, suffix_len)
+        columns = {**metrics(generated, windows.suffix), "generated_ids": list(generated.astype(np.int32))}
+    else:
+        columns = _scored_columns(get_engine, windows, mode)
     seconds = time.perf_counter() - start
-    generated = np.array(generated, dtype=np.int64).reshape(len(windows.prefix), suffix_len)
-    columns = {"example_id": windows.example_ids, **metrics(generated, windows.suffix),
-               "generated_ids": list(generated.astype(np.int32)),
+    columns = {"example_id": windows.example_ids, **columns,
                "suffix_ids": list(windows.suffix.astype(np.int32)),
                "prefix_ids": list(windows.prefix.astype(np.int32))}
-    return pa.table({k: pa.array(v) for k, v in columns.items()}), seconds
+    return pa.table({k: v if isinstance(v, pa.Array) else pa.array(v) for k, v in columns.items()}), seconds
+
+
+def _scored_columns(get_engine, windows: Windows, mode: str) -> dict:
+    """screen / verify columns: exact_match, match_len, near_tie and (screen) suffix_logprobs; the
+    columns that need generated text are nulls."""
+    from evalmem import screen
+
+    n, suffix_len = windows.suffix.shape
+    if n:
+        engine = get_engine()
+        scored = getattr(screen, mode)(engine.model, windows.prefix, windows.suffix, engine.batch_size)
+    else:
+        scored = {"match_len": np.zeros(0, np.int64), "near_tie": np.zeros(0, bool)}
+    logprobs, list_type = scored.get("suffix_logprobs"), pa.list_(pa.float32())
+    return {"exact_match": scored["match_len"] == suffix_len, "match_len": scored["match_len"].astype(np.int32),
+            **{name: pa.nulls(n, type_) for name, type_ in NOT_DECODED.items()},
+            "near_tie": scored["near_tie"].astype(bool),
+            "suffix_logprobs": pa.nulls(n, list_type) if logprobs is None
+            else pa.array(list(logprobs.astype(np.float32)), list_type)}
 
 
 def shard_stats(table: pa.Table) -> dict:
@@ -62,12 +88,19 @@ def shard_stats(table: pa.Table) -> dict:
             "exact": int(pa.compute.sum(table["exact_match"]).as_py() or 0),
             "approx": int(pa.compute.sum(table["approx_match"]).as_py() or 0),
             "token_accuracy": float(pa.compute.sum(table["token_accuracy"]).as_py() or 0.0),
-            "match_len": int(pa.compute.sum(table["match_len"]).as_py() or 0)}
+            "match_len": int(pa.compute.sum(table["match_len"]).as_py() or 0),
+            "near_ties": int(pa.compute.sum(table["near_tie"]).as_py() or 0) if "near_tie" in table.column_names
+            else 0}
 
 
-def extract_run(*, suffix_len, strict, **job_options) -> dict:
-    """`evalmem extract`: extraction over a whole data set into a resumable result directory."""
-    job = open_job("extract", new_tokens=suffix_len, new_tokens_option="--suffix-len", settings={"mode": "decode"},
+def extract_run(*, suffix_len, strict, mode="decode", **job_options) -> dict:
+    """`evalmem extract`: extraction over a whole data set into a resumable result directory. screen and
+    verify run the model in transformers (engine hf) whatever `engine` says."""
+    if mode not in MODES:
+        raise InputError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
+    if mode != "decode":
+        job_options["engine"] = "hf"
+    job = open_job("extract", new_tokens=suffix_len, new_tokens_option="--suffix-len", settings={"mode": mode},
                    **job_options)
     if job.run.is_complete():
         return job.run.read_summary()
@@ -77,16 +110,20 @@ def extract_run(*, suffix_len, strict, **job_options) -> dict:
         if strict and windows.n_short:
             raise InputError(f"{windows.n_short} examples in rows {start}..{stop - 1} have fewer than "
                              f"{job.prefix_len + suffix_len} tokens (--strict)")
-        table, seconds = extract(get_engine, windows)
+        table, seconds = extract(get_engine, windows, mode)
         return table, {"n_short": windows.n_short, "seconds": seconds, "stats": shard_stats(table)}
 
     metas = job.run_shards(work)
-    totals = {k: sum(m["stats"][k] for m in metas) for k in metas[0]["stats"]}
+    totals = {k: sum(m["stats"].get(k, 0) for m in metas) for k in metas[0]["stats"]}
     n = max(totals["n"], 1)
+    decoded = mode == "decode"
+    text = {"approx_match_count": totals["approx"], "approx_match_rate": totals["approx"] / n,
+            "mean_token_accuracy": totals["token_accuracy"] / n} if decoded else \
+        {"approx_match_count": None, "approx_match_rate": None, "mean_token_accuracy": None,
+         "null_columns": list(NOT_DECODED), "n_near_ties": totals["near_ties"]}
     summary = job.summary(
-        metas, suffix_len=suffix_len, mode="decode", exact_match_count=totals["exact"],
-        exact_match_rate=totals["exact"] / n, approx_match_count=totals["approx"], approx_match_rate=totals["approx"] / n,
-        mean_token_accuracy=totals["token_accuracy"] / n, mean_match_len=totals["match_len"] / n)
+        metas, suffix_len=suffix_len, mode=mode, exact_match_count=totals["exact"],
+        exact_match_rate=totals["exact"] / n, mean_match_len=totals["match_len"] / n, **text)
     summary["tokens_per_second"] = summary["n_examples"] * (job.prefix_len + suffix_len) / summary["seconds"] \
         if summary["seconds"] else None
     return job.run.finalize(len(metas), summary)

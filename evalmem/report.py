@@ -103,7 +103,8 @@ def draw_rates(result):
         names = list(result["runs"])
         x = np.arange(len(names))
         for offset, key, label in ((-0.2, "exact_match_rate", "exact"), (0.2, "approx_match_rate", "approximate")):
-            ax.bar(x + offset, [100 * result["runs"][n][key] for n in names], 0.4, label=label)
+            rates = [result["runs"][n][key] for n in names]  # None: not computed (no full decoding)
+            ax.bar(x + offset, [np.nan if r is None else 100 * r for r in rates], 0.4, label=label)
         ax.set_xticks(x, names, rotation=30, ha="right")
         ax.set_ylabel("% of examples memorized")
         ax.set_title("Memorization rate per model")

@@ -24,7 +24,7 @@ def runs(tiny, tmp_path_factory):
         invoke_cli("extract", "--model", tiny.model, "--data", tiny.data, "--out", out / mode, "--engine", "hf",
                    "--mode", mode, "--shard-size", 24)
     return {m: {"rows": pq.read_table(out / m / "results.parquet").to_pylist(),
-                "summary": json.loads((out / m / "summary.json").read_text())} for m in MODES}
+                "summary": json.loads((out / m / "summary.json").read_text())} for m in MODES} | {"dir": out}
 
 
 @pytest.mark.parametrize("mode", ["screen", "verify"])
@@ -107,3 +107,27 @@ def test_resume_with_another_mode_is_refused(tiny, tmp_path, invoke):
     result = invoke(*args, "--mode", "verify", code=2)
     assert "mode" in result.output and "other settings" in result.output
     invoke(*args, "--mode", "screen")  # the same mode resumes (here: a complete run, nothing to do)
+
+
+@pytest.mark.parametrize("mode", ["screen", "verify"])
+def test_shard_of_only_short_examples(tiny, tmp_path, invoke, mode):
+    from conftest import write_jsonl
+
+    window = json.loads(open(tiny.data).readline())["input_ids"]
+    data = write_jsonl(tmp_path / "d.jsonl", [{"id": "long", "input_ids": window},
+                                              {"id": "short", "input_ids": window[:10]}])  # shard 2: empty
+    invoke("extract", "--model", tiny.model, "--data", data, "--mode", mode, "--shard-size", 1,
+           "--out", tmp_path / "r")
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert (summary["n_examples"], summary["n_skipped_short"]) == (1, 1)
+    assert pq.read_table(tmp_path / "r" / "results.parquet")["example_id"].to_pylist() == ["long"]
+
+
+def test_compare_says_not_computed_for_runs_without_decoding(runs, tmp_path, invoke):
+    """A screen run joins with decode runs; its approximate-match rate is unknown (None), never 0."""
+    invoke("compare", "--teacher", runs["dir"] / "screen", "--baseline", f"b0={runs['dir'] / 'decode'}",
+           "--out", tmp_path / "cmp")
+    result = json.loads((tmp_path / "cmp" / "compare.json").read_text())["runs"]
+    assert result["teacher"]["approx_match_rate"] is None and result["teacher"]["mean_token_accuracy"] is None
+    assert result["teacher"]["exact_match_count"] == runs["decode"]["summary"]["exact_match_count"]
+    assert result["b0"]["approx_match_rate"] == runs["decode"]["summary"]["approx_match_rate"]

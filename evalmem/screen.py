@@ -1,0 +1,106 @@
+"""Exact match and match length without full decoding, on a transformers model (torch).
+
+Greedy decoding reproduces the suffix exactly iff, under teacher forcing on prefix+suffix, every suffix
+token is the arg-max; the first position where it is not is `match_len`. Two ways to use that:
+
+    screen   one batched forward pass over prefix + suffix[:-1]: match_len, exact match and the
+             log-probability of every true suffix token (perplexity, Min-K% come free)
+    verify   prefill the prefixes, then decode greedily with a KV cache, dropping each row from the
+             batch at its first mismatch: prefill + (match_len + 1) steps instead of + suffix_len
+
+Near ties: at each position that decides the result (every matched position and the first mismatch)
+the decisive gap is |logit(true token) - max logit of any other token|. A row whose decisive gap falls
+below `near_tie_tolerance(dtype)` somewhere is a near tie: another engine, kernel or dtype may round
+that arg-max the other way, so its exact_match/match_len could differ from theirs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+# Chosen margins (not measured bounds): well above fp32 kernel-order noise, about a few units in the
+# last place of a logit of magnitude ~10 in half precision.
+_TOLERANCE = {torch.float32: 1e-3, torch.float16: 0.05, torch.bfloat16: 0.25}
+
+
+def near_tie_tolerance(dtype: torch.dtype) -> float:
+    """Logit gap under which an arg-max could flip between engines in this dtype."""
+    return _TOLERANCE.get(dtype, 1e-3)
+
+
+def decide(logits: torch.Tensor, true: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For logits (..., V) and true tokens (...): whether greedy decoding picks the true token (arg-max,
+    the lowest index on exact ties, as torch.argmax), the decisive gap |logit(true) - max logit of the
+    other tokens|, and logit(true). Reads the logits a few times, never writes a copy of them (fp32)."""
+    logits = logits.float()
+    true_logit = logits.gather(-1, true[..., None]).squeeze(-1)
+    top2 = logits.topk(2, dim=-1).values
+    others = torch.where(true_logit >= top2[..., 0], top2[..., 1], top2[..., 0])
+    return logits.argmax(-1) == true, (true_logit - others).abs(), true_logit
+
+
+def _first_miss(hit: torch.Tensor) -> torch.Tensor:
+    """Index of the first False in each row of `hit` (n, L); L where there is none."""
+    miss = ~hit
+    return torch.where(miss.any(1), miss.int().argmax(1), hit.shape[1])
+
+
+@torch.inference_mode()
+def screen(model, prefix: np.ndarray, suffix: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
+    """Teacher-forced screen of windows prefix (n, P) + suffix (n, L): match_len, near_tie and
+    suffix_logprobs (n, L), in batches of `batch_size`."""
+    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+    length = suffix.shape[1]
+    parts = []
+    for i in range(0, len(prefix), batch_size):
+        true = torch.from_numpy(suffix[i:i + batch_size]).to(device)
+        ids = torch.cat([torch.from_numpy(prefix[i:i + batch_size]).to(device), true[:, :-1]], dim=1)
+        logits = model(input_ids=ids, logits_to_keep=length).logits  # position P-1+j predicts suffix token j
+        hit, gap, true_logit = decide(logits, true)
+        match_len = _first_miss(hit)
+        decides = torch.arange(length, device=device)[None] <= match_len[:, None]
+        logprobs = true_logit - logits.float().logsumexp(-1)
+        parts.append((match_len, ((gap < near_tie_tolerance(dtype)) & decides).any(1), logprobs))
+    return _collect(parts, ("match_len", "near_tie", "suffix_logprobs"))
+
+
+@torch.inference_mode()
+def verify(model, prefix: np.ndarray, suffix: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
+    """Early-exit greedy decoding of prefix (n, P) against suffix (n, L): match_len and near_tie."""
+    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+    parts = []
+    for i in range(0, len(prefix), batch_size):
+        true = torch.from_numpy(suffix[i:i + batch_size]).to(device)
+        parts.append(_verify_batch(model, torch.from_numpy(prefix[i:i + batch_size]).to(device), true,
+                                   near_tie_tolerance(dtype)))
+    return _collect(parts, ("match_len", "near_tie"))
+
+
+def _verify_batch(model, prefix: torch.Tensor, true: torch.Tensor, tolerance: float):
+    n, length = true.shape
+    match_len = torch.zeros(n, dtype=torch.long, device=true.device)
+    near_tie = torch.zeros(n, dtype=torch.bool, device=true.device)
+    rows = torch.arange(n, device=true.device)  # the rows still matching, in the cache's order
+    out = model(input_ids=prefix, use_cache=True, logits_to_keep=1)
+    cache, logits = out.past_key_values, out.logits[:, -1]
+    for step in range(length):
+        hit, gap, _ = decide(logits, true[rows, step])
+        near_tie[rows] |= gap < tolerance
+        match_len[rows] += hit.long()
+        if step == length - 1 or not hit.any():
+            break
+        if not hit.all():
+            keep = hit.nonzero().squeeze(1)
+            cache.batch_select_indices(keep)
+            rows = rows[keep]
+        out = model(input_ids=true[rows, step, None], past_key_values=cache, use_cache=True)
+        cache, logits = out.past_key_values, out.logits[:, -1]
+    return match_len, near_tie
+
+
+def _collect(parts: list[tuple], names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Concatenate per-batch tensors into numpy arrays by name."""
+    if not parts:
+        return {name: np.zeros((0,)) for name in names}
+    return {name: torch.cat([p[k] for p in parts]).cpu().numpy() for k, name in enumerate(names)}
