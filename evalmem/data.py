@@ -46,7 +46,9 @@ class Windows:
 def load_source(data: str, split: str = "train", config: str | None = None,
                 text_column: str = "text", limit: int | None = None) -> Source:
     """Load `data` (a .jsonl/.parquet/.txt file, a folder of such files, or a hub id)."""
-    rows, fingerprint = _load_rows(data, split, config)
+    rows = load_rows(data, split, config)
+    fingerprint = ("sha256:" + _sha256(data) if os.path.isfile(data)
+                   else f"datasets:{data}:{config}:{split}:{rows._fingerprint}")
     if limit is not None:
         rows = rows.select(range(min(limit, len(rows))))
     if len(rows) == 0:
@@ -87,7 +89,8 @@ def check_vocabulary(source: Source, vocab_size: int) -> None:
                              f"(0..{vocab_size - 1}): min {low}, max {high}")
 
 
-def _load_rows(data: str, split: str, config: str | None):
+def load_rows(data: str, split: str = "train", config: str | None = None):
+    """The rows of a local .jsonl/.json/.parquet/.txt file or a hub dataset; a one-line error otherwise."""
     import datasets
 
     ext = os.path.splitext(data)[1].lower()
@@ -105,11 +108,10 @@ def _load_rows(data: str, split: str, config: str | None):
                          split="train", **kwargs)
         finally:
             datasets.enable_progress_bars()
-        return rows, "sha256:" + _sha256(data)
+        return rows
     if ext in LOCAL_BUILDERS or data.startswith((".", "/", "~")):
         raise InputError(f"no such data file: {data}")
-    rows = _call(data, datasets.load_dataset, data, config, split=split)
-    return rows, f"datasets:{data}:{config}:{split}:{rows._fingerprint}"
+    return _call(data, datasets.load_dataset, data, config, split=split)
 
 
 def _call(data, fn, *args, **kwargs):

@@ -8,14 +8,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow.compute as pc
 
-from evalmem.errors import InputError, first_line
+from evalmem.data import load_rows
+from evalmem.errors import InputError
 from train.finetune import finetune
 
 
 def load_corpus(corpus: str | Path):
     """The corpus rows (`example_id`, `input_ids`, ...) from an `evalmem generate` folder or Parquet file."""
-    import datasets
-
     path = Path(corpus)
     if path.is_dir():
         if not (path / "summary.json").exists():
@@ -24,13 +23,7 @@ def load_corpus(corpus: str | Path):
         path = path / "results.parquet"
     if not path.is_file():
         raise InputError(f"no such corpus: {corpus}")
-    datasets.disable_progress_bars()
-    try:
-        rows = datasets.load_dataset("parquet", data_files=str(path), split="train")
-    except Exception as exc:
-        raise InputError(f"cannot read corpus {corpus}: {first_line(exc)}") from exc
-    finally:
-        datasets.enable_progress_bars()
+    rows = load_rows(str(path))
     missing = {"example_id", "input_ids"} - set(rows.column_names)
     if missing:
         raise InputError(f"corpus {corpus} has no column {sorted(missing)[0]!r}")
