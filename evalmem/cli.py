@@ -144,7 +144,7 @@ def features(teacher, baseline, data, split, data_config, text_column, tokenizer
 
     summary = features_run(teacher=teacher, baseline=baseline, data=data, split=split, data_config=data_config,
                            text_column=text_column, tokenizer=tokenizer, limit=limit, prefix_len=prefix_len,
-                           suffix_len=suffix_len, shard_size=shard_size, out=out, batch_size=batch_size,
+                           new_tokens=suffix_len, shard_size=shard_size, out=out, batch_size=batch_size,
                            dtype=dtype, min_k=min_k)
     click.echo(json.dumps(summary, indent=2))
 

@@ -12,7 +12,8 @@ from rapidfuzz.distance import Levenshtein
 
 from evalmem.data import Windows
 from evalmem.errors import InputError
-from evalmem.runner import open_job
+from evalmem import runner
+from evalmem.runner import open_engine_job
 
 APPROX_THRESHOLD = 0.1  # "approximate" memorization: normalized edit distance within 10%
 MODES = ("decode", "screen", "verify")  # decode: the reference, all columns; the others: see NOT_DECODED
@@ -100,10 +101,8 @@ def extract_run(*, suffix_len, strict, mode="decode", **job_options) -> dict:
         raise InputError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
     if mode != "decode":
         job_options["engine"] = "hf"
-    job = open_job("extract", new_tokens=suffix_len, new_tokens_option="--suffix-len", settings={"mode": mode},
-                   **job_options)
-    if job.run.is_complete():
-        return job.run.read_summary()
+    job = open_engine_job("extract", new_tokens=suffix_len, new_tokens_option="--suffix-len",
+                          settings={"mode": mode}, **job_options)
 
     def work(get_engine, start, stop):
         windows = job.windows(start, stop)
@@ -113,17 +112,21 @@ def extract_run(*, suffix_len, strict, mode="decode", **job_options) -> dict:
         table, seconds = extract(get_engine, windows, mode)
         return table, {"n_short": windows.n_short, "seconds": seconds, "stats": shard_stats(table)}
 
-    metas = job.run_shards(work)
+    return job.execute(work, summarize)
+
+
+def summarize(settings: dict, metas: list[dict]) -> dict:
+    """summary.json of an extraction run."""
     totals = {k: sum(m["stats"].get(k, 0) for m in metas) for k in metas[0]["stats"]}
-    n = max(totals["n"], 1)
-    decoded = mode == "decode"
+    n, mode, suffix_len = max(totals["n"], 1), settings["mode"], settings["suffix_len"]
     text = {"approx_match_count": totals["approx"], "approx_match_rate": totals["approx"] / n,
-            "mean_token_accuracy": totals["token_accuracy"] / n} if decoded else \
+            "mean_token_accuracy": totals["token_accuracy"] / n} if mode == "decode" else \
         {"approx_match_count": None, "approx_match_rate": None, "mean_token_accuracy": None,
          "null_columns": list(NOT_DECODED), "n_near_ties": totals["near_ties"]}
-    summary = job.summary(
-        metas, suffix_len=suffix_len, mode=mode, exact_match_count=totals["exact"],
-        exact_match_rate=totals["exact"] / n, mean_match_len=totals["match_len"] / n, **text)
-    summary["tokens_per_second"] = summary["n_examples"] * (job.prefix_len + suffix_len) / summary["seconds"] \
+    summary = runner.summarize(
+        settings, metas, suffix_len, {"model": settings["model"]}, engine=settings["engine"],
+        suffix_len=suffix_len, mode=mode, exact_match_count=totals["exact"], exact_match_rate=totals["exact"] / n,
+        mean_match_len=totals["match_len"] / n, **text)
+    summary["tokens_per_second"] = summary["n_examples"] * (settings["prefix_len"] + suffix_len) / summary["seconds"] \
         if summary["seconds"] else None
-    return job.run.finalize(len(metas), summary)
+    return summary

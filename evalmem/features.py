@@ -19,7 +19,6 @@ fast path; the logits of a batch never leave the device.
 
 from __future__ import annotations
 
-import functools
 import time
 import zlib
 
@@ -28,12 +27,10 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
-from evalmem.data import check_vocabulary, cut_windows, load_source, token_lists
-from evalmem.engines import model_config, model_fingerprint
+from evalmem import runner
 from evalmem.errors import InputError, first_line
 from evalmem.predict import FEATURES
-from evalmem.runner import check_lengths, load_tokenizer, resolve_dtype, run_shards
-from evalmem.store import RunDir
+from evalmem.runner import LazyEngine, open_job
 
 
 def load_model(name: str, dtype: str, device: str):
@@ -78,50 +75,33 @@ def score(teacher, baseline, windows: np.ndarray, tokenizer, batch_size: int, mi
     return {k: out[k] for k in FEATURES}
 
 
-def features_run(*, teacher, baseline, data, split, data_config, text_column, tokenizer, limit, prefix_len,
-                 suffix_len, shard_size, out, batch_size, dtype, min_k) -> dict:
+def features_run(*, teacher, baseline, batch_size, min_k, **job_options) -> dict:
     """`evalmem features`: every feature of every window into OUT/features.parquet (sharded, resumable)."""
     if not 0 < min_k <= 1:
         raise InputError(f"--min-k must be in (0, 1], got {min_k}")
-    configs = {name: model_config(name) for name in (teacher, baseline)}
-    seq_len = max(check_lengths(c, prefix_len, suffix_len) for c in configs.values())
-    source = load_source(data, split, data_config, text_column, limit)
-    tok = load_tokenizer(tokenizer or teacher)
-    check_vocabulary(source, min(c.get_text_config().vocab_size for c in configs.values()))
-    dtype = resolve_dtype(configs[teacher], dtype)
+    job = open_job("features", models={"teacher": teacher, "baseline": baseline}, new_tokens_option="--suffix-len",
+                   settings={"min_k": min_k}, need_tokenizer=True, results="features.parquet", **job_options)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    settings = {"command": "features", "teacher": teacher, "baseline": baseline,
-                "teacher_fingerprint": model_fingerprint(teacher, configs[teacher]),
-                "baseline_fingerprint": model_fingerprint(baseline, configs[baseline]),
-                "data": data, "data_fingerprint": source.fingerprint, "split": split, "config": data_config,
-                "text_column": source.text_column, "tokenizer": tokenizer, "limit": limit, "prefix_len": prefix_len,
-                "suffix_len": suffix_len, "shard_size": shard_size, "dtype": dtype, "min_k": min_k}
-    run = RunDir(out, settings)
-    run.results = run.path / "features.parquet"
-    run.open()
-    if run.is_complete():
-        return run.read_summary()
-    models = functools.cache(lambda: tuple(load_model(m, dtype, device) for m in (teacher, baseline)))
+    job.engine = LazyEngine(lambda: tuple(load_model(m, job.dtype, device) for m in (teacher, baseline)))
 
     def work(get_models, start, stop):
-        tokens = token_lists(source, start, stop, tok if source.token_column is None else None)
-        windows = cut_windows(tokens, source.ids[start:stop], prefix_len, suffix_len)
+        windows = job.windows(start, stop)
         teacher_model, baseline_model = get_models()
         began = time.perf_counter()
-        values = score(teacher_model, baseline_model, np.concatenate([windows.prefix, windows.suffix], axis=1), tok,
-                       batch_size, min_k)
+        values = score(teacher_model, baseline_model, np.concatenate([windows.prefix, windows.suffix], axis=1),
+                       job.tokenizer, batch_size, min_k)
         return (pa.table({"example_id": windows.example_ids, **values}),
-                {"n_short": windows.n_short, "seconds": time.perf_counter() - began})
+                {"n_short": windows.n_short, "seconds": time.perf_counter() - began, "device": device})
 
-    metas = run_shards(run, len(source), shard_size, models, work, "features")
-    n = sum(m["n_rows"] for m in metas)
-    if n == 0:
-        raise InputError(f"no example of {data} has {seq_len} tokens (prefix + suffix); nothing to score")
-    seconds = sum(m["seconds"] for m in metas)
-    summary = {"teacher": teacher, "baseline": baseline, "data": data, "n_examples": n,
-               "n_skipped_short": sum(m["n_short"] for m in metas), "prefix_len": prefix_len,
-               "suffix_len": suffix_len, "features": list(FEATURES), "min_k": min_k, "dtype": dtype,
-               "device": device, "batch_size": batch_size, "seconds": round(seconds, 3),
-               "examples_per_second": n / seconds if seconds else None,
-               "tokens_per_second": n * seq_len / seconds if seconds else None}
-    return run.finalize(len(metas), summary)
+    return job.execute(work, summarize)
+
+
+def summarize(settings: dict, metas: list[dict]) -> dict:
+    """summary.json of a features run."""
+    suffix_len = settings["suffix_len"]
+    summary = runner.summarize(settings, metas, suffix_len, {k: settings[k] for k in ("teacher", "baseline")},
+                               suffix_len=suffix_len, features=list(FEATURES), min_k=settings["min_k"],
+                               device=",".join(sorted({m["device"] for m in metas})))
+    summary["tokens_per_second"] = summary["n_examples"] * (settings["prefix_len"] + suffix_len) / summary["seconds"] \
+        if summary["seconds"] else None
+    return summary

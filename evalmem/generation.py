@@ -13,7 +13,8 @@ import numpy as np
 import pyarrow as pa
 
 from evalmem.errors import InputError
-from evalmem.runner import open_job
+from evalmem import runner
+from evalmem.runner import open_engine_job
 
 
 def continue_prefixes(get_engine, example_ids: list, prefix: np.ndarray, max_new_tokens: int, tokenizer,
@@ -35,10 +36,8 @@ def generate_run(*, max_new_tokens, temperature, top_p, seed, **job_options) -> 
     if temperature < 0 or not 0 < top_p <= 1:
         raise InputError(f"--temperature must be >= 0 and --top-p in (0, 1], got {temperature} and {top_p}")
     sampling = {"temperature": temperature, "top_p": top_p, "seed": seed}
-    job = open_job("generate", new_tokens=max_new_tokens, new_tokens_option="--max-new-tokens", settings=sampling,
-                   need_tokenizer=True, **job_options)
-    if job.run.is_complete():
-        return job.run.read_summary()
+    job = open_engine_job("generate", new_tokens=max_new_tokens, new_tokens_option="--max-new-tokens",
+                          settings=sampling, need_tokenizer=True, **job_options)
 
     def work(get_engine, start, stop):
         windows = job.windows(start, stop)
@@ -46,8 +45,15 @@ def generate_run(*, max_new_tokens, temperature, top_p, seed, **job_options) -> 
                                            job.tokenizer, sampling)
         return table, {"n_short": windows.n_short, "seconds": seconds}
 
-    metas = job.run_shards(work)
-    summary = job.summary(metas, max_new_tokens=max_new_tokens, **sampling)
-    summary["new_tokens_per_second"] = summary["n_examples"] * max_new_tokens / summary["seconds"] \
+    return job.execute(work, summarize)
+
+
+def summarize(settings: dict, metas: list[dict]) -> dict:
+    """summary.json of a generation run."""
+    new_tokens = settings["max_new_tokens"]
+    summary = runner.summarize(settings, metas, new_tokens, {"model": settings["model"]}, engine=settings["engine"],
+                               max_new_tokens=new_tokens,
+                               **{k: settings[k] for k in ("temperature", "top_p", "seed")})
+    summary["new_tokens_per_second"] = summary["n_examples"] * new_tokens / summary["seconds"] \
         if summary["seconds"] else None
-    return job.run.finalize(len(metas), summary)
+    return summary

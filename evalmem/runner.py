@@ -53,15 +53,15 @@ def engine_options(model: str, dtype: str, seq_len: int, tensor_parallel_size: i
 
 
 class LazyEngine:
-    """Builds the engine on first use, so that bad data is reported before a model is loaded."""
+    """Builds the engine (`load()`) on first use, so that bad data is reported before a model is loaded."""
 
-    def __init__(self, name: str, options: EngineOptions):
-        self.name, self.options, self.engine, self.startup = name, options, None, 0.0
+    def __init__(self, load: Callable):
+        self.load, self.engine, self.startup = load, None, 0.0
 
     def __call__(self):
         if self.engine is None:
             start = time.perf_counter()
-            self.engine = load_engine(self.name, self.options)
+            self.engine = self.load()
             self.startup = time.perf_counter() - start
         return self.engine
 
@@ -69,7 +69,7 @@ class LazyEngine:
 def run_shards(run: RunDir, n_rows: int, shard_size: int, engine: LazyEngine, work: Callable,
                desc: str) -> list[dict]:
     """Run `work(engine, start, stop) -> (table, meta)` on every shard not yet done, writing each as it
-    finishes; return every shard's metadata."""
+    finishes (with the engine start-up it caused); return every shard's metadata."""
     from tqdm.auto import tqdm
 
     count = math.ceil(n_rows / shard_size)
@@ -80,67 +80,87 @@ def run_shards(run: RunDir, n_rows: int, shard_size: int, engine: LazyEngine, wo
               disable=None if todo else True) as bar:  # None: only on a terminal
         for i in todo:
             lo, hi = i * shard_size, min((i + 1) * shard_size, n_rows)
+            startup = engine.startup
             table, meta = work(engine, lo, hi)
-            meta = {**meta, "start": lo, "stop": hi}
+            meta = {**meta, "start": lo, "stop": hi, "startup_seconds": engine.startup - startup}
             run.write_shard(i, table, meta)
             metas[i] = {**meta, "n_rows": table.num_rows}
             bar.update(hi - lo)
     return metas
 
 
+def summarize(settings: dict, metas: list[dict], new_tokens: int, head: dict, **fields) -> dict:
+    """A run's summary from its settings and shard metadata: `head`, the fields every summary has, then
+    `fields`; refuses a run where no example was long enough."""
+    n = sum(m["n_rows"] for m in metas)
+    if n == 0:
+        raise InputError(f"no example of {settings['data']} has {settings['prefix_len'] + new_tokens} tokens; "
+                         f"{settings['command']} has nothing to do")
+    seconds = sum(m["seconds"] for m in metas)
+    return {**head, "data": settings["data"], "split": settings["split"], "n_examples": n,
+            "n_skipped_short": sum(m["n_short"] for m in metas), "n_input_rows": max(m["stop"] for m in metas),
+            "prefix_len": settings["prefix_len"], "dtype": settings["dtype"], **fields,
+            "seconds": round(seconds, 3), "startup_seconds": round(sum(m["startup_seconds"] for m in metas), 3),
+            "examples_per_second": n / seconds if seconds else None}
+
+
 @dataclass
 class Job:
-    """A model-running command over a data set (extract, generate), checked and with its run opened."""
+    """A model-running command over a data set (extract, generate, features), checked and with its run opened."""
 
     command: str
     source: Source
     tokenizer: object
     run: RunDir
-    engine: LazyEngine
     prefix_len: int
     new_tokens: int
     shard_size: int
+    seq_len: int
+    dtype: str
+    engine: LazyEngine | None = None
 
     def windows(self, start: int, stop: int) -> Windows:
         """Prefix and following `new_tokens` of rows [start, stop)."""
         tokens = token_lists(self.source, start, stop, self.tokenizer)
         return cut_windows(tokens, self.source.ids[start:stop], self.prefix_len, self.new_tokens)
 
-    def run_shards(self, work: Callable) -> list[dict]:
-        return run_shards(self.run, len(self.source), self.shard_size, self.engine, work, self.command)
-
-    def summary(self, metas: list[dict], **fields) -> dict:
-        """The fields every summary has, then `fields`; refuses a run where no example was long enough."""
-        n = sum(m["n_rows"] for m in metas)
-        if n == 0:
-            raise InputError(f"no example of {self.source.name} has {self.prefix_len + self.new_tokens} tokens; "
-                             f"nothing to {self.command}")
-        s = self.run.settings
-        seconds = sum(m["seconds"] for m in metas)
-        return {"model": s["model"], "data": s["data"], "split": s["split"], "n_examples": n,
-                "n_skipped_short": sum(m["n_short"] for m in metas), "n_input_rows": len(self.source),
-                "prefix_len": self.prefix_len, "engine": s["engine"], "dtype": s["dtype"], **fields,
-                "seconds": round(seconds, 3), "startup_seconds": round(self.engine.startup, 3),
-                "examples_per_second": n / seconds if seconds else None}
+    def execute(self, work: Callable, summarize: Callable) -> dict:
+        """Run `work` on every shard not yet done, then write the results with `summarize(settings, metas)`;
+        a complete run is not redone."""
+        if self.run.is_complete():
+            return self.run.read_summary()
+        metas = run_shards(self.run, len(self.source), self.shard_size, self.engine, work, self.command)
+        return self.run.finalize(len(metas), summarize(self.run.settings, metas))
 
 
-def open_job(command: str, *, model, data, split, data_config, text_column, tokenizer, limit, prefix_len,
-             new_tokens: int, new_tokens_option: str, shard_size, out, engine, dtype, tensor_parallel_size,
-             max_model_len, kv_cache_gb, max_num_seqs, batch_size, settings: dict, need_tokenizer=False) -> Job:
-    """Check the model, lengths and data (before any model loads) and open the result directory with
-    the job's settings (`settings` adds the command's own)."""
-    config = model_config(model)
-    seq_len = check_lengths(config, prefix_len, new_tokens, new_tokens_option)
+def open_job(command: str, *, models: dict[str, str], data, split, data_config, text_column, tokenizer, limit,
+             prefix_len, new_tokens: int, new_tokens_option: str, shard_size, out, dtype, settings: dict,
+             need_tokenizer=False, results: str = "results.parquet") -> Job:
+    """Check the models (`{role: name}`, the first one's tokenizer and dtype are the defaults), lengths and
+    data before any model loads, and open the result directory with the job's settings (`settings` adds the
+    command's own). The caller sets `job.engine`."""
+    configs = {role: model_config(name) for role, name in models.items()}
+    seq_len = max(check_lengths(c, prefix_len, new_tokens, new_tokens_option) for c in configs.values())
     source = load_source(data, split, data_config, text_column, limit)
-    tok = load_tokenizer(tokenizer or model) if need_tokenizer or source.token_column is None else None
-    check_vocabulary(source, config.get_text_config().vocab_size)
-    dtype = resolve_dtype(config, dtype)
-    run = RunDir(out, {"command": command, "model": model, "model_fingerprint": model_fingerprint(model, config),
+    first = next(iter(models))
+    tok = load_tokenizer(tokenizer or models[first]) if need_tokenizer or source.token_column is None else None
+    check_vocabulary(source, min(c.get_text_config().vocab_size for c in configs.values()))
+    dtype = resolve_dtype(configs[first], dtype)
+    run = RunDir(out, {"command": command, **models,
+                       **{f"{role}_fingerprint": model_fingerprint(models[role], c) for role, c in configs.items()},
                        "data": data, "data_fingerprint": source.fingerprint, "split": split, "config": data_config,
                        "text_column": source.text_column, "tokenizer": tokenizer, "limit": limit,
                        "prefix_len": prefix_len, new_tokens_option[2:].replace("-", "_"): new_tokens,
-                       "shard_size": shard_size, "engine": engine, "dtype": dtype, **settings})
+                       "shard_size": shard_size, "dtype": dtype, **settings}, results)
     run.open()
-    lazy = LazyEngine(engine, engine_options(model, dtype, seq_len, tensor_parallel_size, max_model_len,
-                                             kv_cache_gb, max_num_seqs, batch_size))
-    return Job(command, source, tok, run, lazy, prefix_len, new_tokens, shard_size)
+    return Job(command, source, tok, run, prefix_len, new_tokens, shard_size, seq_len, dtype)
+
+
+def open_engine_job(command: str, *, model, engine, tensor_parallel_size, max_model_len, kv_cache_gb, max_num_seqs,
+                    batch_size, settings: dict, **job_options) -> Job:
+    """`open_job` for a command that runs one model in an engine (extract, generate)."""
+    job = open_job(command, models={"model": model}, settings={"engine": engine, **settings}, **job_options)
+    options = engine_options(model, job.dtype, job.seq_len, tensor_parallel_size, max_model_len, kv_cache_gb,
+                             max_num_seqs, batch_size)
+    job.engine = LazyEngine(lambda: load_engine(engine, options))
+    return job

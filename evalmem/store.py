@@ -3,7 +3,8 @@
     DIR/manifest.json        settings (model, data fingerprint, protocol) and package versions
     DIR/shards/NNNNN.parquet one per slice of the input, each written atomically, its metadata
                              in the Parquet footer (which settings made it, row counts, statistics)
-    DIR/results.parquet      all shards in input order, written atomically once every shard exists
+    DIR/results.parquet      all shards in input order (features: features.parquet), written atomically
+                             once every shard exists
     DIR/summary.json         written last: its presence means the run is complete
 
 A rerun with the same settings skips valid shards; a shard that is truncated, corrupted or made
@@ -43,12 +44,12 @@ def versions() -> dict[str, str]:
 class RunDir:
     """One command's output directory."""
 
-    def __init__(self, out: str | Path, settings: dict):
+    def __init__(self, out: str | Path, settings: dict, results: str = "results.parquet"):
         self.path = Path(out)
         self.settings = settings
         self.key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
         self.shards = self.path / "shards"
-        self.results = self.path / "results.parquet"
+        self.results = self.path / results
         self.summary_path = self.path / "summary.json"
 
     def open(self) -> None:
