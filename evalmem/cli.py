@@ -47,6 +47,11 @@ def data_options(f):
         click.option("--prefix-len", type=int, default=50, show_default=True, help="Prompt tokens per example."),
         click.option("--shard-size", type=click.IntRange(min=1), default=SHARD_SIZE, show_default=True,
                      help="Examples per result shard (the unit of progress and of resuming)."),
+        click.option("--shard", default=None, metavar="I/N",
+                     help="Compute only part I of N (result shards I-1, I-1+N, ...; 1 <= I <= N), to spread a run "
+                          "over N processes or machines with the same settings. Parts writing into the same --out "
+                          "need nothing more: the last to finish writes the results; parts written into other "
+                          "directories are combined with `evalmem merge`. [default: the whole run]"),
     ]
     for option in reversed(options):
         f = option(f)
@@ -77,8 +82,8 @@ def main():
                    "decided by a logit gap so small that another engine or dtype could round it the other way; "
                    "counted in summary n_near_ties).")
 @model_options
-def extract(model, data, split, data_config, text_column, tokenizer, limit, prefix_len, shard_size, suffix_len,
-            out, strict, mode, **engine_kwargs):
+def extract(model, data, split, data_config, text_column, tokenizer, limit, prefix_len, shard_size, shard,
+            suffix_len, out, strict, mode, **engine_kwargs):
     """Discoverable extraction: greedy-decode SUFFIX-LEN tokens from each example's first PREFIX-LEN tokens
     and compare them with the true continuation (--mode screen/verify: exact match and match length with less
     work than decoding). Writes OUT/results.parquet (one row per example) and OUT/summary.json; rerun the
@@ -87,7 +92,7 @@ def extract(model, data, split, data_config, text_column, tokenizer, limit, pref
 
     summary = extract_run(model=model, data=data, split=split, data_config=data_config, text_column=text_column,
                           tokenizer=tokenizer, limit=limit, prefix_len=prefix_len, suffix_len=suffix_len,
-                          shard_size=shard_size, out=out, strict=strict, mode=mode, **engine_kwargs)
+                          shard_size=shard_size, shard=shard, out=out, strict=strict, mode=mode, **engine_kwargs)
     click.echo(json.dumps(summary, indent=2))
 
 
@@ -106,8 +111,8 @@ def extract(model, data, split, data_config, text_column, tokenizer, limit, pref
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Sampling seed (each prompt's sample depends only on it and the prompt).")
 @model_options
-def generate(model, data, split, data_config, text_column, tokenizer, limit, prefix_len, shard_size, max_new_tokens,
-             out, temperature, top_p, seed, **engine_kwargs):
+def generate(model, data, split, data_config, text_column, tokenizer, limit, prefix_len, shard_size, shard,
+             max_new_tokens, out, temperature, top_p, seed, **engine_kwargs):
     """Hard-label corpus: continue each example's first PREFIX-LEN tokens with MAX-NEW-TOKENS generated ones.
     Writes OUT/results.parquet (example_id, input_ids = prefix + continuation, text) and OUT/summary.json;
     load it with datasets.load_dataset("parquet", data_files="OUT/results.parquet"). Rerun to resume."""
@@ -115,9 +120,27 @@ def generate(model, data, split, data_config, text_column, tokenizer, limit, pre
 
     summary = generate_run(model=model, data=data, split=split, data_config=data_config, text_column=text_column,
                            tokenizer=tokenizer, limit=limit, prefix_len=prefix_len, max_new_tokens=max_new_tokens,
-                           shard_size=shard_size, out=out, temperature=temperature, top_p=top_p, seed=seed,
-                           **engine_kwargs)
+                           shard_size=shard_size, shard=shard, out=out, temperature=temperature, top_p=top_p,
+                           seed=seed, **engine_kwargs)
     click.echo(json.dumps(summary, indent=2))
+
+
+# --- scale-out (merge) ---
+
+
+@main.command()
+@click.argument("out", type=click.Path(file_okay=False))
+@click.argument("parts", nargs=-1, type=click.Path(file_okay=False))
+def merge(out, parts):
+    """Combine a run computed in parts (`--shard I/N`) into OUT: results.parquet (features.parquet) and
+    summary.json exactly as one unsharded run writes them. Parts run into OUT itself need no merge (the last
+    part to finish writes the results), but `evalmem merge OUT` does it again or says what is missing. Parts
+    computed into other directories (other machines) are named after OUT: they must hold runs with exactly
+    OUT's settings; their valid shards are copied into OUT first. A missing or damaged shard is named, with
+    the part that computes it, and nothing that looks complete is written."""
+    from evalmem.merge import merge_run
+
+    click.echo(json.dumps(merge_run(out, list(parts)), indent=2))
 
 
 # --- analysis commands (features, compare, predict, filter, report) ---
@@ -137,14 +160,14 @@ def generate(model, data, split, data_config, text_column, tokenizer, limit, pre
 @click.option("--min-k", type=float, default=0.2, show_default=True,
               help="Fraction k of least likely tokens averaged by the Min-K% feature.")
 def features(teacher, baseline, data, split, data_config, text_column, tokenizer, limit, prefix_len, shard_size,
-             suffix_len, out, batch_size, dtype, min_k):
+             shard, suffix_len, out, batch_size, dtype, min_k):
     """Predictor features per example: teacher and baseline perplexity, KL(teacher || baseline), zlib entropy
     and Min-K% probability. Writes OUT/features.parquet and OUT/summary.json; rerun to resume."""
     from evalmem.features import features_run
 
     summary = features_run(teacher=teacher, baseline=baseline, data=data, split=split, data_config=data_config,
                            text_column=text_column, tokenizer=tokenizer, limit=limit, prefix_len=prefix_len,
-                           new_tokens=suffix_len, shard_size=shard_size, out=out, batch_size=batch_size,
+                           new_tokens=suffix_len, shard_size=shard_size, shard=shard, out=out, batch_size=batch_size,
                            dtype=dtype, min_k=min_k)
     click.echo(json.dumps(summary, indent=2))
 

@@ -66,27 +66,73 @@ class LazyEngine:
         return self.engine
 
 
-def run_shards(run: RunDir, n_rows: int, shard_size: int, engine: LazyEngine, work: Callable,
-               desc: str) -> list[dict]:
-    """Run `work(engine, start, stop) -> (table, meta)` on every shard not yet done, writing each as it
-    finishes (with the engine start-up it caused); return every shard's metadata."""
+def parse_shard(value: str | None) -> tuple[int, int] | None:
+    """`--shard I/N` as (I, N) with 1 <= I <= N; None (no option) means the whole run."""
+    if value is None:
+        return None
+    i, _, n = value.partition("/")
+    try:
+        part = int(i), int(n)
+    except ValueError:
+        part = 0, 0
+    if not 1 <= part[0] <= part[1]:
+        raise InputError(f"--shard must be I/N with 1 <= I <= N (part I of N parts), got {value!r}")
+    return part
+
+
+def part_shards(count: int, part: tuple[int, int] | None) -> list[int]:
+    """The shard indices that part (I, N) computes: every N-th, from I - 1."""
+    return list(range(count)) if part is None else list(range(part[0] - 1, count, part[1]))
+
+
+def run_shards(run: RunDir, n_rows: int, shard_size: int, engine: LazyEngine, work: Callable, desc: str,
+               part: tuple[int, int] | None = None) -> list[dict | None]:
+    """Run `work(engine, start, stop) -> (table, meta)` on every shard of `part` not yet done, writing each
+    as it finishes (with the engine start-up it caused); return the metadata of every shard of the run
+    (None where another part has not written it)."""
     from tqdm.auto import tqdm
 
     count = math.ceil(n_rows / shard_size)
     metas = [run.shard_meta(i) for i in range(count)]
-    todo = [i for i, meta in enumerate(metas) if meta is None]
-    done = sum(meta["stop"] - meta["start"] for meta in metas if meta)
-    with tqdm(total=n_rows, initial=done, desc=desc, unit="ex", dynamic_ncols=True,
-              disable=None if todo else True) as bar:  # None: only on a terminal
+    mine = part_shards(count, part)
+    todo = [i for i in mine if metas[i] is None]
+    span = {i: (i * shard_size, min((i + 1) * shard_size, n_rows)) for i in mine}
+    done = sum(hi - lo for i, (lo, hi) in span.items() if metas[i])
+    label = f"{desc} {part[0]}/{part[1]}" if part else desc
+    with tqdm(total=sum(hi - lo for lo, hi in span.values()), initial=done, desc=label, unit="ex",
+              dynamic_ncols=True, disable=None if todo else True) as bar:  # None: only on a terminal
         for i in todo:
-            lo, hi = i * shard_size, min((i + 1) * shard_size, n_rows)
+            lo, hi = span[i]
             startup = engine.startup
             table, meta = work(engine, lo, hi)
-            meta = {**meta, "start": lo, "stop": hi, "startup_seconds": engine.startup - startup}
+            meta = {**meta, "start": lo, "stop": hi, "n_input_rows": n_rows,
+                    "startup_seconds": engine.startup - startup, "part": f"{part[0]}/{part[1]}" if part else None}
             run.write_shard(i, table, meta)
             metas[i] = {**meta, "n_rows": table.num_rows}
             bar.update(hi - lo)
     return metas
+
+
+def missing_parts(missing: list[int], metas: list[dict | None]) -> list[str]:
+    """The parts I/N that compute the `missing` shard indices, where the present shards agree on N."""
+    counts = {int(m["part"].split("/")[1]) for m in metas if m and m.get("part")}
+    if len(counts) != 1:
+        return []
+    n = counts.pop()
+    return [f"{i}/{n}" for i in sorted({j % n + 1 for j in missing})]
+
+
+def finish(run: RunDir, metas: list[dict | None], summarize: Callable, part: tuple[int, int] | None) -> dict:
+    """Write the run's results if every shard is there (rereading those other parts wrote meanwhile);
+    otherwise return what is missing."""
+    metas = [meta or run.shard_meta(i) for i, meta in enumerate(metas)]
+    missing = [i for i, meta in enumerate(metas) if meta is None]
+    if not missing:
+        return run.finalize(len(metas), summarize(run.settings, metas))
+    return {"complete": False, "part": f"{part[0]}/{part[1]}" if part else None, "out": str(run.path),
+            "n_shards": len(metas), "missing_shards": missing, "missing_parts": missing_parts(missing, metas),
+            "note": "the part that finishes last writes the results; parts computed into other directories "
+                    "are combined with `evalmem merge OUT PART_DIR...`"}
 
 
 def summarize(settings: dict, metas: list[dict], new_tokens: int, head: dict, **fields) -> dict:
@@ -98,7 +144,7 @@ def summarize(settings: dict, metas: list[dict], new_tokens: int, head: dict, **
                          f"{settings['command']} has nothing to do")
     seconds = sum(m["seconds"] for m in metas)
     return {**head, "data": settings["data"], "split": settings["split"], "n_examples": n,
-            "n_skipped_short": sum(m["n_short"] for m in metas), "n_input_rows": max(m["stop"] for m in metas),
+            "n_skipped_short": sum(m["n_short"] for m in metas), "n_input_rows": metas[0]["n_input_rows"],
             "prefix_len": settings["prefix_len"], "dtype": settings["dtype"], **fields,
             "seconds": round(seconds, 3), "startup_seconds": round(sum(m["startup_seconds"] for m in metas), 3),
             "examples_per_second": n / seconds if seconds else None}
@@ -117,6 +163,7 @@ class Job:
     shard_size: int
     seq_len: int
     dtype: str
+    part: tuple[int, int] | None = None
     engine: LazyEngine | None = None
 
     def windows(self, start: int, stop: int) -> Windows:
@@ -125,20 +172,22 @@ class Job:
         return cut_windows(tokens, self.source.ids[start:stop], self.prefix_len, self.new_tokens)
 
     def execute(self, work: Callable, summarize: Callable) -> dict:
-        """Run `work` on every shard not yet done, then write the results with `summarize(settings, metas)`;
-        a complete run is not redone."""
+        """Run `work` on every shard of this part not yet done, then, if every part's shards are there, write
+        the results with `summarize(settings, metas)`; a complete run is not redone."""
         if self.run.is_complete():
             return self.run.read_summary()
-        metas = run_shards(self.run, len(self.source), self.shard_size, self.engine, work, self.command)
-        return self.run.finalize(len(metas), summarize(self.run.settings, metas))
+        metas = run_shards(self.run, len(self.source), self.shard_size, self.engine, work, self.command, self.part)
+        return finish(self.run, metas, summarize, self.part)
 
 
 def open_job(command: str, *, models: dict[str, str], data, split, data_config, text_column, tokenizer, limit,
              prefix_len, new_tokens: int, new_tokens_option: str, shard_size, out, dtype, settings: dict,
-             need_tokenizer=False, results: str = "results.parquet") -> Job:
-    """Check the models (`{role: name}`, the first one's tokenizer and dtype are the defaults), lengths and
-    data before any model loads, and open the result directory with the job's settings (`settings` adds the
-    command's own). The caller sets `job.engine`."""
+             shard: str | None = None, need_tokenizer=False, results: str = "results.parquet") -> Job:
+    """Check `--shard`, the models (`{role: name}`, the first one's tokenizer and dtype are the defaults),
+    lengths and data before any model loads, and open the result directory with the job's settings
+    (`settings` adds the command's own; the part computed is not one: all parts share them). The caller
+    sets `job.engine`."""
+    part = parse_shard(shard)
     configs = {role: model_config(name) for role, name in models.items()}
     seq_len = max(check_lengths(c, prefix_len, new_tokens, new_tokens_option) for c in configs.values())
     source = load_source(data, split, data_config, text_column, limit)
@@ -153,7 +202,7 @@ def open_job(command: str, *, models: dict[str, str], data, split, data_config, 
                        "prefix_len": prefix_len, new_tokens_option[2:].replace("-", "_"): new_tokens,
                        "shard_size": shard_size, "dtype": dtype, **settings}, results)
     run.open()
-    return Job(command, source, tok, run, prefix_len, new_tokens, shard_size, seq_len, dtype)
+    return Job(command, source, tok, run, prefix_len, new_tokens, shard_size, seq_len, dtype, part)
 
 
 def open_engine_job(command: str, *, model, engine, tensor_parallel_size, max_model_len, kv_cache_gb, max_num_seqs,

@@ -82,17 +82,23 @@ class RunDir:
 
     def shard_meta(self, index: int) -> dict | None:
         """The metadata of a valid shard, or None if it is missing, damaged or from other settings."""
-        path = self.shard_path(index)
+        return self.check_shard(self.shard_path(index))[0]
+
+    def check_shard(self, path: Path) -> tuple[dict | None, str]:
+        """(metadata, "") for a valid shard file of this run; (None, why) for one that is missing, damaged
+        or made with other settings."""
         if not path.exists():
-            return None
+            return None, "missing"
         try:
             footer = pq.read_metadata(path)
             meta = json.loads(footer.metadata[SHARD_KEY])
         except Exception:
-            return None
-        if meta.get("key") != self.key or meta.get("n_rows") != footer.num_rows:
-            return None
-        return meta
+            return None, "damaged"
+        if meta.get("key") != self.key:
+            return None, "made with other settings"
+        if meta.get("n_rows") != footer.num_rows:
+            return None, "damaged"
+        return meta, ""
 
     def write_shard(self, index: int, table: pa.Table, meta: dict) -> None:
         """Write one shard atomically, with `meta` in its footer."""
@@ -102,13 +108,20 @@ class RunDir:
 
     def finalize(self, n_shards: int, summary: dict) -> dict:
         """Concatenate the shards into results.parquet, then write summary.json (in that order)."""
-        tables = [pq.read_table(self.shard_path(i)) for i in range(n_shards)]
+        tables = [self._read_shard(i) for i in range(n_shards)]
         tables = [t.replace_schema_metadata(None) for t in tables if t.num_rows]
         table = pa.concat_tables(tables, promote_options="default")
         table = table.replace_schema_metadata({SUMMARY_KEY: json.dumps(summary)})
         write_atomic(self.results, lambda tmp: pq.write_table(table, tmp))
         write_json(self.summary_path, summary)
         return summary
+
+    def _read_shard(self, index: int) -> pa.Table:
+        try:
+            return pq.read_table(self.shard_path(index))
+        except Exception as exc:  # a valid footer over damaged pages
+            raise InputError(f"shard {self.shard_path(index)} is damaged ({first_line(exc)}); delete it and "
+                             "rerun the command (or its part) to recompute it") from exc
 
 
 
