@@ -135,13 +135,15 @@ def run_stats(run: Run) -> dict:
     exact = int(pc.sum(t["exact_match"]).as_py() or 0)
     return {"role": run.role, "dir": str(run.path), "model": run.settings.get("model"), "n": n,
             "exact_match_count": exact, "exact_match_rate": exact / n,
-            "approx_match_rate": int(pc.sum(t["approx_match"]).as_py() or 0) / n if decoded(run) else None,
-            "mean_token_accuracy": pc.mean(t["token_accuracy"]).as_py()}
+            "approx_match_rate": int(pc.sum(t["approx_match"]).as_py() or 0) / n if known(run, "approx_match")
+            else None,
+            "mean_token_accuracy": pc.mean(t["token_accuracy"]).as_py() if known(run, "token_accuracy") else None}
 
 
-def decoded(run: Run) -> bool:
-    """False for runs made without full decoding (`--mode screen/verify`): no approximate match there."""
-    return run.table["approx_match"].null_count < run.table.num_rows
+def known(run: Run, column: str) -> bool:
+    """Whether every row has `column`: runs made without full decoding (`--mode screen/verify/auto`) leave
+    the columns that need generated text null (auto: only token accuracy and edit distance, in some rows)."""
+    return run.table[column].null_count == 0
 
 
 def overlap(a: set, b: set) -> dict:
@@ -191,4 +193,4 @@ def compare(runs: list[Run]) -> tuple[dict, dict[str, list]]:
 
 
 def token_accuracies(runs: list[Run]) -> dict[str, np.ndarray]:
-    return {r.name: r.table["token_accuracy"].to_numpy() for r in runs if decoded(r)}
+    return {r.name: r.table["token_accuracy"].to_numpy() for r in runs if known(r, "token_accuracy")}

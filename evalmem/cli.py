@@ -71,22 +71,28 @@ def main():
               help="Tokens greedily decoded and compared with the true continuation.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Result directory (resumable).")
 @click.option("--strict", is_flag=True, help="Fail on examples shorter than prefix + suffix instead of skipping them.")
-@click.option("--mode", type=click.Choice(["decode", "screen", "verify"]), default="decode", show_default=True,
+@click.option("--mode", type=click.Choice(["decode", "screen", "verify", "auto"]), default="decode",
+              show_default=True,
               help="decode: greedy-decode every suffix with --engine; all columns (the reference). "
                    "screen: one teacher-forced forward pass over prefix+suffix; exact_match, match_len and "
                    "suffix_logprobs (log-probability of each true suffix token). "
                    "verify: decode only up to each example's first mismatch (KV cache, finished rows dropped); "
-                   "exact_match and match_len. screen and verify give decode's exact_match and match_len, run "
-                   "in transformers (--engine is ignored; --dtype and --batch-size apply), write token_accuracy, "
-                   "edit_distance, approx_match and generated_ids as nulls, and flag near_tie rows (an arg-max "
-                   "decided by a logit gap so small that another engine or dtype could round it the other way; "
-                   "counted in summary n_near_ties).")
+                   "exact_match and match_len. "
+                   "auto: decode each example only while it can still match approximately (edit distance "
+                   "<= 10%; a lower bound on the final distance drops it as soon as it cannot): exact_match, "
+                   "match_len and approx_match of every example, and token_accuracy, edit_distance and "
+                   "generated_ids where it was decoded to the end (the approximate matches and near misses). "
+                   "screen, verify and auto give decode's results, run in transformers (--engine is ignored; "
+                   "--dtype and --batch-size apply), write the columns they do not compute as nulls (summary "
+                   "null_columns), and flag near_tie rows (an arg-max deciding exact_match/match_len by a logit "
+                   "gap so small that another engine or dtype could round it the other way; counted in summary "
+                   "n_near_ties).")
 @model_options
 def extract(model, data, split, data_config, text_column, tokenizer, limit, prefix_len, shard_size, shard,
             suffix_len, out, strict, mode, **engine_kwargs):
     """Discoverable extraction: greedy-decode SUFFIX-LEN tokens from each example's first PREFIX-LEN tokens
-    and compare them with the true continuation (--mode screen/verify: exact match and match length with less
-    work than decoding). Writes OUT/results.parquet (one row per example) and OUT/summary.json; rerun the
+    and compare them with the true continuation (--mode screen/verify/auto: the same results with less work
+    than decoding every suffix). Writes OUT/results.parquet (one row per example) and OUT/summary.json; rerun the
     same command to resume an interrupted run."""
     from evalmem.extraction import extract_run
 

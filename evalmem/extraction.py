@@ -16,9 +16,10 @@ from evalmem import runner
 from evalmem.runner import open_engine_job
 
 APPROX_THRESHOLD = 0.1  # "approximate" memorization: normalized edit distance within 10%
-MODES = ("decode", "screen", "verify")  # decode: the reference, all columns; the others: see NOT_DECODED
+MODES = ("decode", "screen", "verify", "auto")  # decode: the reference, all columns; the others: see NOT_DECODED
 NOT_DECODED = {"token_accuracy": pa.float64(), "edit_distance": pa.float64(), "approx_match": pa.bool_(),
-               "generated_ids": pa.list_(pa.int32())}  # need generated text: null in screen and verify
+               "generated_ids": pa.list_(pa.int32())}  # need generated text: null in screen and verify;
+# auto: null where a row was not fully decoded (it cannot match approximately: approx_match is False)
 
 
 def match_lengths(generated: np.ndarray, suffix: np.ndarray) -> np.ndarray:
@@ -65,22 +66,39 @@ def extract(get_engine, windows: Windows, mode: str = "decode") -> tuple[pa.Tabl
 
 
 def _scored_columns(get_engine, windows: Windows, mode: str) -> dict:
-    """screen / verify columns: exact_match, match_len, near_tie and (screen) suffix_logprobs; the
-    columns that need generated text are nulls."""
+    """screen / verify / auto columns: exact_match, match_len, near_tie and (screen) suffix_logprobs; the
+    columns that need generated text are nulls (auto: only in rows that cannot match approximately)."""
     from evalmem import screen
 
     n, suffix_len = windows.suffix.shape
+    kwargs = {"max_distance": APPROX_THRESHOLD * suffix_len} if mode == "auto" else {}
     if n:
         engine = get_engine()
-        scored = getattr(screen, mode)(engine.model, windows.prefix, windows.suffix, engine.batch_size)
+        scored = getattr(screen, mode)(engine.model, windows.prefix, windows.suffix, engine.batch_size, **kwargs)
     else:
-        scored = {"match_len": np.zeros(0, np.int64), "near_tie": np.zeros(0, bool)}
+        scored = {"match_len": np.zeros(0, np.int64), "near_tie": np.zeros(0, bool),
+                  "generated": np.zeros((0, suffix_len), np.int64)}
     logprobs, list_type = scored.get("suffix_logprobs"), pa.list_(pa.float32())
-    return {"exact_match": scored["match_len"] == suffix_len, "match_len": scored["match_len"].astype(np.int32),
-            **{name: pa.nulls(n, type_) for name, type_ in NOT_DECODED.items()},
-            "near_tie": scored["near_tie"].astype(bool),
-            "suffix_logprobs": pa.nulls(n, list_type) if logprobs is None
-            else pa.array(list(logprobs.astype(np.float32)), list_type)}
+    columns = {"exact_match": scored["match_len"] == suffix_len, "match_len": scored["match_len"].astype(np.int32),
+               **{name: pa.nulls(n, type_) for name, type_ in NOT_DECODED.items()},
+               "near_tie": scored["near_tie"].astype(bool),
+               "suffix_logprobs": pa.nulls(n, list_type) if logprobs is None
+               else pa.array(list(logprobs.astype(np.float32)), list_type)}
+    return columns | (_decoded_columns(scored["generated"], windows.suffix) if mode == "auto" else {})
+
+
+def _decoded_columns(generated: np.ndarray, suffix: np.ndarray) -> dict:
+    """auto's text columns: metrics where a row was fully decoded (no -1), else nulls and approx_match False."""
+    done = (generated >= 0).all(axis=1)
+    values = metrics(generated[done], suffix[done])
+    columns = {}
+    for name in ("token_accuracy", "edit_distance", "approx_match"):
+        full = np.zeros(len(done), values[name].dtype)
+        full[done] = values[name]
+        columns[name] = pa.array(full, NOT_DECODED[name], mask=None if name == "approx_match" else ~done)
+    columns["generated_ids"] = pa.array([list(g) if d else None for g, d in zip(generated.astype(np.int32), done)],
+                                        NOT_DECODED["generated_ids"])
+    return columns
 
 
 def shard_stats(table: pa.Table) -> dict:
@@ -91,12 +109,13 @@ def shard_stats(table: pa.Table) -> dict:
             "token_accuracy": float(pa.compute.sum(table["token_accuracy"]).as_py() or 0.0),
             "match_len": int(pa.compute.sum(table["match_len"]).as_py() or 0),
             "near_ties": int(pa.compute.sum(table["near_tie"]).as_py() or 0) if "near_tie" in table.column_names
-            else 0}
+            else 0,
+            "decoded": table.num_rows - table["generated_ids"].null_count}
 
 
 def extract_run(*, suffix_len, strict, mode="decode", **job_options) -> dict:
-    """`evalmem extract`: extraction over a whole data set into a resumable result directory. screen and
-    verify run the model in transformers (engine hf) whatever `engine` says."""
+    """`evalmem extract`: extraction over a whole data set into a resumable result directory. screen,
+    verify and auto run the model in transformers (engine hf) whatever `engine` says."""
     if mode not in MODES:
         raise InputError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
     if mode != "decode":
@@ -119,10 +138,15 @@ def summarize(settings: dict, metas: list[dict]) -> dict:
     """summary.json of an extraction run."""
     totals = {k: sum(m["stats"].get(k, 0) for m in metas) for k in metas[0]["stats"]}
     n, mode, suffix_len = max(totals["n"], 1), settings["mode"], settings["suffix_len"]
-    text = {"approx_match_count": totals["approx"], "approx_match_rate": totals["approx"] / n,
-            "mean_token_accuracy": totals["token_accuracy"] / n} if mode == "decode" else \
-        {"approx_match_count": None, "approx_match_rate": None, "mean_token_accuracy": None,
-         "null_columns": list(NOT_DECODED), "n_near_ties": totals["near_ties"]}
+    approx = mode in ("decode", "auto")
+    text = {"approx_match_count": totals["approx"] if approx else None,
+            "approx_match_rate": totals["approx"] / n if approx else None,
+            "mean_token_accuracy": totals["token_accuracy"] / n if mode == "decode" else None}
+    if mode != "decode":
+        text |= {"null_columns": [c for c in NOT_DECODED if not (approx and c == "approx_match")],
+                 "n_near_ties": totals["near_ties"]}
+    if mode == "auto":
+        text["n_fully_decoded"] = totals["decoded"]
     summary = runner.summarize(
         settings, metas, suffix_len, {"model": settings["model"]}, engine=settings["engine"],
         suffix_len=suffix_len, mode=mode, exact_match_count=totals["exact"], exact_match_rate=totals["exact"] / n,

@@ -7,6 +7,14 @@ token is the arg-max; the first position where it is not is `match_len`. Two way
              log-probability of every true suffix token (perplexity, Min-K% come free)
     verify   prefill the prefixes, then decode greedily with a KV cache, dropping each row from the
              batch at its first mismatch: prefill + (match_len + 1) steps instead of + suffix_len
+    auto     the same decoding, fed the generated tokens, that drops a row only once it can no longer
+             match approximately (edit distance <= max_distance): keeps per row the current row of the
+             token Levenshtein matrix between the tokens generated so far and the true suffix. Any
+             completion's final distance is at least min_j (D[j] + |j - t|) after t tokens (the best
+             alignment passes through some cell (t, j), and the remaining L - t generated and L - j true
+             tokens cost at least their length difference); a row is dropped as soon as that bound exceeds
+             max_distance. A bound > 0 means a mismatch has been seen, so match_len is final at the drop;
+             rows never dropped are fully decoded (at t = L the bound is the distance itself)
 
 Near ties: at each position that decides the result (every matched position and the first mismatch)
 the decisive gap is |logit(true token) - max logit of any other token|. A row whose decisive gap falls
@@ -97,6 +105,62 @@ def _verify_batch(model, prefix: torch.Tensor, true: torch.Tensor, tolerance: fl
         out = model(input_ids=true[rows, step, None], past_key_values=cache, use_cache=True)
         cache, logits = out.past_key_values, out.logits[:, -1]
     return match_len, near_tie
+
+
+@torch.inference_mode()
+def auto(model, prefix: np.ndarray, suffix: np.ndarray, batch_size: int, max_distance: float
+         ) -> dict[str, np.ndarray]:
+    """Greedy decoding of prefix (n, P) that stops each row once its edit distance to suffix (n, L) must
+    exceed `max_distance` tokens: match_len, near_tie (as verify) and generated (n, L), -1 after a row stopped."""
+    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+    parts = []
+    for i in range(0, len(prefix), batch_size):
+        true = torch.from_numpy(suffix[i:i + batch_size]).to(device)
+        parts.append(_auto_batch(model, torch.from_numpy(prefix[i:i + batch_size]).to(device), true,
+                                 near_tie_tolerance(dtype), max_distance))
+    return _collect(parts, ("match_len", "near_tie", "generated"))
+
+
+def _auto_batch(model, prefix: torch.Tensor, true: torch.Tensor, tolerance: float, max_distance: float):
+    n, length = true.shape
+    span = torch.arange(length + 1, device=true.device)
+    match_len = torch.zeros(n, dtype=torch.long, device=true.device)
+    near_tie = torch.zeros(n, dtype=torch.bool, device=true.device)
+    matching = torch.ones(n, dtype=torch.bool, device=true.device)
+    generated = torch.full((n, length), -1, dtype=torch.long, device=true.device)
+    rows, alive_true, dist = torch.arange(n, device=true.device), true, span.repeat(n, 1)  # the rows decoding
+    out = model(input_ids=prefix, use_cache=True, logits_to_keep=1)
+    cache, logits = out.past_key_values, out.logits[:, -1]
+    for step in range(length):
+        token = logits.argmax(-1)
+        hit, gap, _ = decide(logits, alive_true[:, step])
+        still = matching[rows]
+        near_tie[rows] |= still & (gap < tolerance)  # the positions deciding exact_match and match_len
+        match_len[rows] += (still & hit).long()
+        matching[rows] = still & hit
+        generated[rows, step] = token
+        dist = levenshtein_step(dist, token, alive_true, step + 1)
+        keep = (dist + (span - step - 1).abs()).min(1).values <= max_distance
+        if step == length - 1 or not keep.any():
+            break
+        if not keep.all():
+            keep = keep.nonzero().squeeze(1)
+            cache.batch_select_indices(keep)
+            rows, alive_true, dist, token = rows[keep], alive_true[keep], dist[keep], token[keep]
+        out = model(input_ids=token[:, None], past_key_values=cache, use_cache=True)
+        cache, logits = out.past_key_values, out.logits[:, -1]
+    return match_len, near_tie, generated
+
+
+def levenshtein_step(dist: torch.Tensor, token: torch.Tensor, true: torch.Tensor, t: int) -> torch.Tensor:
+    """The next row of the token Levenshtein matrix: `dist` (n, L + 1) holds the distances between the
+    t - 1 tokens generated before `token` (n,) and every prefix of `true` (n, L); returns those for t tokens.
+    D_t[j] = min(D_{t-1}[j-1] + (token != true[j-1]), D_{t-1}[j] + 1, D_t[j-1] + 1); the last term's chain
+    along j is a running minimum: D_t[j] = j + min_{k <= j} (c[k] - k) over the first two terms c."""
+    first = torch.full_like(dist[:, :1], t)
+    c = torch.cat([first, torch.minimum(dist[:, :-1] + (true != token[:, None]), dist[:, 1:] + 1)], dim=1)
+    span = torch.arange(dist.shape[1], device=dist.device)
+    return span + torch.cummin(c - span, dim=1).values
 
 
 def _collect(parts: list[tuple], names: tuple[str, ...]) -> dict[str, np.ndarray]:

@@ -1,4 +1,4 @@
-"""`evalmem extract --mode screen|verify` against `--mode decode` (the reference) on the tiny models."""
+"""`evalmem extract --mode screen|verify|auto` against `--mode decode` (the reference) on the tiny models."""
 
 import json
 import shutil
@@ -10,24 +10,34 @@ import torch
 
 from conftest import PREFIX, SUFFIX
 
-MODES = ("decode", "screen", "verify")
+MODES = ("decode", "screen", "verify", "auto")
 NULL_COLUMNS = ("token_accuracy", "edit_distance", "approx_match", "generated_ids")
+PERTURBED = {"p1": [30], "p5": [10, 18, 26, 34, 42], "p6": [5, 12, 19, 26, 33, 40]}  # suffix positions changed
 
 
 @pytest.fixture(scope="module")
 def runs(tiny, tmp_path_factory):
-    """The tiny memorizing model's extraction in every mode (shards of 24: the last one is partial)."""
-    from conftest import invoke_cli
+    """The tiny memorizing model's extraction in every mode (shards of 24: the last one is partial) on its
+    windows and on copies of trained windows with 1, 5 and 6 suffix tokens changed: the model still generates
+    the trained suffix, so those are approximate matches (edit distance 1/50 and 5/50) and a near miss (6/50)."""
+    from conftest import invoke_cli, write_jsonl
 
     out = tmp_path_factory.mktemp("modes")
+    rows = [json.loads(line) for line in open(tiny.data)]
+    for k, (name, positions) in enumerate(PERTURBED.items()):
+        ids = list(rows[k]["input_ids"])
+        for j in positions:
+            ids[PREFIX + j] = (ids[PREFIX + j] + 1) % tiny.tokenizer.vocab_size
+        rows.append({"id": name, "input_ids": ids})
+    data = write_jsonl(out / "data.jsonl", rows)
     for mode in MODES:
-        invoke_cli("extract", "--model", tiny.model, "--data", tiny.data, "--out", out / mode, "--engine", "hf",
+        invoke_cli("extract", "--model", tiny.model, "--data", data, "--out", out / mode, "--engine", "hf",
                    "--mode", mode, "--shard-size", 24)
     return {m: {"rows": pq.read_table(out / m / "results.parquet").to_pylist(),
                 "summary": json.loads((out / m / "summary.json").read_text())} for m in MODES} | {"dir": out}
 
 
-@pytest.mark.parametrize("mode", ["screen", "verify"])
+@pytest.mark.parametrize("mode", ["screen", "verify", "auto"])
 def test_exact_match_and_match_len_equal_decode(runs, mode):
     decode, rows = runs["decode"]["rows"], runs[mode]["rows"]
     assert [r["example_id"] for r in rows] == [r["example_id"] for r in decode]
@@ -37,9 +47,55 @@ def test_exact_match_and_match_len_equal_decode(runs, mode):
     lengths = {r["match_len"] for r in decode}
     assert SUFFIX in lengths and 0 in lengths, "memorized and non-memorized examples must be present"
     assert lengths - {0, SUFFIX}, "and some that diverge part-way"
+    assert decode[-3]["match_len"] == 30 and decode[-1]["match_len"] == 5
     summary = runs[mode]["summary"]
     assert summary["exact_match_count"] == runs["decode"]["summary"]["exact_match_count"]
     assert summary["mean_match_len"] == pytest.approx(runs["decode"]["summary"]["mean_match_len"])
+
+
+def test_auto_equals_decode_where_it_decodes(runs):
+    """auto: approx_match of every row equals decode's; rows that can match approximately (and only those,
+    besides near misses dropped late) are decoded to the end, with decode's generated text and metrics."""
+    decode, rows, summary = runs["decode"]["rows"], runs["auto"]["rows"], runs["auto"]["summary"]
+    assert [r["approx_match"] for r in rows] == [r["approx_match"] for r in decode]
+    by_id = {r["example_id"]: r for r in decode}
+    assert [by_id[k]["approx_match"] and not by_id[k]["exact_match"] for k in PERTURBED] == [True, True, False]
+    assert [by_id[k]["edit_distance"] for k in PERTURBED] == [0.02, 0.1, 0.12]
+    full = [r for r in rows if r["generated_ids"] is not None]
+    assert {r["example_id"] for r in full} >= {r["example_id"] for r in decode if r["approx_match"]}
+    dropped = {r["example_id"] for r in rows if r["generated_ids"] is None}
+    assert "p6" in dropped and {r["example_id"] for r in decode if r["match_len"] == 0} <= dropped
+    for row in full:
+        assert {c: row[c] for c in NULL_COLUMNS} == {c: by_id[row["example_id"]][c] for c in NULL_COLUMNS}
+    for row in rows:
+        if row["generated_ids"] is None:
+            assert row["token_accuracy"] is None and row["edit_distance"] is None and row["approx_match"] is False
+    assert summary["mode"] == "auto" and summary["n_fully_decoded"] == len(full)
+    assert summary["null_columns"] == ["token_accuracy", "edit_distance", "generated_ids"]
+    assert summary["approx_match_count"] == runs["decode"]["summary"]["approx_match_count"]
+    assert summary["approx_match_rate"] == runs["decode"]["summary"]["approx_match_rate"]
+    assert summary["mean_token_accuracy"] is None and summary["n_near_ties"] == sum(r["near_tie"] for r in rows)
+
+
+def test_levenshtein_rows_and_bound_against_rapidfuzz():
+    """Every DP row equals rapidfuzz's distance to each suffix prefix; the bound never exceeds the final
+    distance and equals it after the last token."""
+    from rapidfuzz.distance import Levenshtein
+
+    from evalmem.screen import levenshtein_step
+
+    rng = np.random.default_rng(0)
+    generated, true = rng.integers(0, 3, size=(2, 64, 9))
+    dist, span = torch.arange(10).repeat(64, 1), torch.arange(10)
+    final = torch.tensor([Levenshtein.distance(list(g), list(t)) for g, t in zip(generated, true)])
+    for step in range(9):
+        dist = levenshtein_step(dist, torch.from_numpy(generated[:, step]), torch.from_numpy(true), step + 1)
+        expected = [[Levenshtein.distance(list(g[:step + 1]), list(t[:j])) for j in range(10)]
+                    for g, t in zip(generated, true)]
+        assert dist.tolist() == expected
+        bound = (dist + (span - step - 1).abs()).min(1).values
+        assert (bound <= final).all()
+    assert bound.tolist() == final.tolist()
 
 
 @pytest.mark.parametrize("mode", ["screen", "verify"])
@@ -124,10 +180,13 @@ def test_shard_of_only_short_examples(tiny, tmp_path, invoke, mode):
 
 
 def test_compare_says_not_computed_for_runs_without_decoding(runs, tmp_path, invoke):
-    """A screen run joins with decode runs; its approximate-match rate is unknown (None), never 0."""
+    """A screen run joins with decode runs; its approximate-match rate is unknown (None), never 0; an auto
+    run's is known, its mean token accuracy is not."""
     invoke("compare", "--teacher", runs["dir"] / "screen", "--baseline", f"b0={runs['dir'] / 'decode'}",
-           "--out", tmp_path / "cmp")
+           "--run", f"auto={runs['dir'] / 'auto'}", "--out", tmp_path / "cmp")
     result = json.loads((tmp_path / "cmp" / "compare.json").read_text())["runs"]
     assert result["teacher"]["approx_match_rate"] is None and result["teacher"]["mean_token_accuracy"] is None
     assert result["teacher"]["exact_match_count"] == runs["decode"]["summary"]["exact_match_count"]
     assert result["b0"]["approx_match_rate"] == runs["decode"]["summary"]["approx_match_rate"]
+    assert result["auto"]["approx_match_rate"] == result["b0"]["approx_match_rate"]  # auto knows every row's
+    assert result["auto"]["mean_token_accuracy"] is None  # but not every row's token accuracy
