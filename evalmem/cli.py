@@ -12,8 +12,10 @@ from evalmem.runner import SHARD_SIZE
 def model_options(f):
     """Options shared by every command that loads a model in an engine."""
     options = [
-        click.option("--engine", type=click.Choice(["vllm", "hf"]), default="vllm", show_default=True,
-                     help="vllm: vLLM offline engine (fast). hf: transformers generate (the reference)."),
+        click.option("--engine", type=click.Choice(["vllm", "hf", "ray"]), default="vllm", show_default=True,
+                     help="vllm: vLLM offline engine (fast). hf: transformers generate (the reference). ray: Ray "
+                          "Data with vLLM replicas on the cluster at RAY_ADDRESS (one per --tensor-parallel-size "
+                          "GPUs; needs the extra evalmem[ray]; use a large --shard-size)."),
         click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
                      show_default=True, help="Weights/activations dtype; auto = the dtype the model was saved in."),
         click.option("--tensor-parallel-size", type=click.IntRange(min=1), default=1, show_default=True,

@@ -3,7 +3,8 @@
     engine.generate(prompts, max_new_tokens, temperature=0.0, top_p=1.0, seed=None) -> list[list[int]]
 
 `prompts` is a list of token-id lists; greedy when temperature == 0; never stops early at EOS.
-Backends: `vllm` (offline `LLM`, the default) and `hf` (transformers `generate`, the reference).
+Backends: `vllm` (offline `LLM`, the default), `hf` (transformers `generate`, the reference) and `ray`
+(Ray Data with vLLM replicas, for clusters; the optional extra `ray`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Protocol
 
 from evalmem.errors import InputError, first_line
 
-ENGINES = ("vllm", "hf")
+ENGINES = ("vllm", "hf", "ray")
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,8 @@ def _build(name: str, options: EngineOptions) -> Engine:
         from evalmem.engines.vllm_engine import VLLMEngine as cls
     elif name == "hf":
         from evalmem.engines.hf_engine import HFEngine as cls
+    elif name == "ray":
+        from evalmem.engines.ray_engine import RayEngine as cls
     else:
         raise InputError(f"unknown engine {name!r}: choose one of {', '.join(ENGINES)}")
     try:

@@ -1,0 +1,59 @@
+"""Ray Data engine for clusters: `ray.data.llm` with vLLM replicas, token-id prompts passed as-is.
+
+Each `generate` call is one Ray Data job: the prompts (token ids, `tokenized_prompt`, so no re-tokenization)
+stream through an autoscaling pool of vLLM engine replicas, one per `tensor_parallel_size` GPUs of the
+cluster (one CPU replica where the cluster has no GPU), and come back in order. Replicas start per call:
+give `extract --engine ray` a large `--shard-size` so that each job amortizes their start-up. Connects to
+the cluster named by RAY_ADDRESS (`ray start --head` / `ray start --address ...`), else starts a local one.
+Needs the optional extra: `pip install 'evalmem[ray]'`.
+"""
+
+from __future__ import annotations
+
+import os
+
+from evalmem.engines import EngineOptions
+from evalmem.errors import InputError
+
+
+class RayEngine:
+    name = "ray"
+
+    def __init__(self, options: EngineOptions):
+        try:
+            import ray
+            from ray.data.llm import build_processor, vLLMEngineProcessorConfig
+        except ImportError as exc:
+            raise InputError(f"--engine ray needs Ray Data: pip install 'evalmem[ray]' ({exc})") from exc
+        if not ray.is_initialized():
+            ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        replicas = max(1, gpus // options.tensor_parallel_size)
+        engine_kwargs = dict(dtype=options.dtype, tensor_parallel_size=options.tensor_parallel_size,
+                             max_model_len=options.max_model_len, max_num_seqs=options.max_num_seqs,
+                             seed=options.seed)
+        if options.kv_cache_gb is not None:
+            engine_kwargs["kv_cache_memory_bytes"] = int(options.kv_cache_gb * 2**30)
+        placement = None
+        if not gpus:  # CPU: the same settings as the in-process vLLM engine (vllm_engine.py)
+            from evalmem.engines.vllm_engine import cpu_kv_cache_bytes
+
+            engine_kwargs.setdefault("kv_cache_memory_bytes", cpu_kv_cache_bytes(options))
+            engine_kwargs["enforce_eager"] = True
+            placement = {"bundles": [{"CPU": 1}]}
+        self.config = vLLMEngineProcessorConfig(
+            model_source=options.model, engine_kwargs=engine_kwargs, batch_size=options.batch_size,
+            concurrency=replicas, placement_group_config=placement, chat_template_stage=False,
+            tokenize_stage=False, detokenize_stage=False, log_engine_metrics=False)
+        self.build_processor, self.ray = build_processor, ray
+
+    def generate(self, prompts, max_new_tokens, *, temperature=0.0, top_p=1.0, seed=None):
+        sampling = dict(temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
+                        ignore_eos=True, detokenize=False, **({"seed": seed} if seed is not None else {}))
+        processor = self.build_processor(
+            self.config,
+            preprocess=lambda row: dict(index=row["index"], tokenized_prompt=row["ids"], sampling_params=sampling),
+            postprocess=lambda row: dict(index=row["index"], generated=list(row["generated_tokens"])))
+        rows = self.ray.data.from_items([{"index": i, "ids": list(map(int, p))} for i, p in enumerate(prompts)])
+        out = sorted(processor(rows).take_all(), key=lambda row: row["index"])
+        return [list(map(int, row["generated"])) for row in out]
