@@ -10,8 +10,6 @@ Needs the optional extra: `pip install 'evalmem[ray]'`.
 
 from __future__ import annotations
 
-import os
-
 from evalmem.engines import EngineOptions
 from evalmem.errors import InputError
 
@@ -26,7 +24,7 @@ class RayEngine:
         except ImportError as exc:
             raise InputError(f"--engine ray needs Ray Data: pip install 'evalmem[ray]' ({exc})") from exc
         if not ray.is_initialized():
-            ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)
+            ray.init(log_to_driver=False)  # the cluster at RAY_ADDRESS, else a local one
         gpus = int(ray.cluster_resources().get("GPU", 0))
         replicas = max(1, gpus // options.tensor_parallel_size)
         engine_kwargs = dict(dtype=options.dtype, tensor_parallel_size=options.tensor_parallel_size,
