@@ -150,6 +150,36 @@ def features(teacher, baseline, data, split, data_config, text_column, tokenizer
 
 
 @main.command()
+@click.option("--model", "models", multiple=True, required=True,
+              help="Model [NAME=]PATH (local folder or hub id); repeat to score several on the same windows.")
+@click.option("--data", required=True, help="Held-out data: a .jsonl/.json/.parquet/.txt file or a HF dataset id.")
+@click.option("--split", default="train", show_default=True, help="Dataset split (hub datasets).")
+@click.option("--config", "data_config", default=None, help="Dataset configuration name (hub datasets).")
+@click.option("--text-column", default="text", show_default=True,
+              help="Column holding the text; a pre-tokenized `input_ids` column is used as-is instead.")
+@click.option("--tokenizer", default=None, help="Tokenizer for text data [default: the first model's].")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N examples.")
+@click.option("--window-len", type=int, default=100, show_default=True,
+              help="Tokens per window (each example's first WINDOW-LEN; shorter examples are skipped).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Windows per forward pass.")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
+              show_default=True, help="Weights dtype; auto = the dtype each model was saved in.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The JSON file to write.")
+def perplexity(models, data, split, data_config, text_column, tokenizer, limit, window_len, batch_size, dtype, out):
+    """Utility: each model's perplexity over the same held-out windows (tokens 2..WINDOW-LEN, teacher
+    forcing), e.g. to see what memorization costs or distillation keeps."""
+    from evalmem.analysis import parse_spec
+    from evalmem.features import perplexity_run
+
+    specs = [parse_spec(m, m.rstrip("/").rsplit("/", 1)[-1]) for m in models]
+    result = perplexity_run(models=specs, data=data, split=split, data_config=data_config, text_column=text_column,
+                            tokenizer=tokenizer, limit=limit, window_len=window_len, batch_size=batch_size,
+                            dtype=dtype, out=out)
+    click.echo(json.dumps(result, indent=2))
+
+
+@main.command()
 @click.option("--teacher", default=None, help="Teacher extraction run: [NAME=]DIR.")
 @click.option("--baseline", "baselines", multiple=True,
               help="Baseline run [NAME=]DIR; repeat for several seeds.")
@@ -223,9 +253,32 @@ def filter_(predictor, features_dir, data, split, data_config, text_column, out,
               help="Directory written by `evalmem compare`.")
 @click.option("--predict", "predict_dir", default=None, type=click.Path(file_okay=False),
               help="Directory written by `evalmem predict` (optional).")
+@click.option("--utility", default=None, type=click.Path(dir_okay=False),
+              help="JSON file written by `evalmem perplexity` (optional; name its models as compare's runs).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="The HTML file to write.")
-def report(compare_dir, predict_dir, out):
-    """One self-contained HTML page (tables and embedded figures) from compare and predict results."""
+def report(compare_dir, predict_dir, utility, out):
+    """One self-contained HTML page (tables and embedded figures) from compare, predict and perplexity
+    results, ending with the paper-shaped summary table (also printed)."""
     from evalmem.report import write_report
 
-    click.echo(json.dumps(write_report(compare_dir, predict_dir, out), indent=2))
+    click.echo(write_report(compare_dir, predict_dir, out, utility)["summary"])
+
+
+@main.command()
+@click.option("--recipe", required=True, type=click.Path(dir_okay=False),
+              help="Experiment recipe: train/recipes/tiny-kjv.yaml (offline default, CPU), smollm2-kjv.yaml, "
+                   "or a GPU recipe (pythia-fineweb.yaml, ...).")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Experiment folder: models, runs, logs, OUT/report.html. Rerun to continue a stopped run.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a recipe key, e.g. --set evaluate.engine=hf (repeatable).")
+def pipeline(recipe, out, overrides):
+    """The paper's experiment end to end: base models, teacher, baselines, the teacher's corpus, soft and
+    hard students, extraction on every checkpoint, features, predictor, utility, compare, and an HTML
+    report ending with the paper-shaped table (printed too). Each stage's command and time are printed;
+    finished stages are skipped, so a stopped pipeline continues where it stopped."""
+    from evalmem.pipeline import pipeline_run, summary
+    from train.cli import parse_overrides
+
+    recipe, record = pipeline_run(recipe, out, parse_overrides(overrides))
+    click.echo(summary(recipe, record))
