@@ -10,27 +10,36 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 RECIPE = Path(__file__).resolve().parents[1] / "train" / "recipes" / "tiny-kjv.yaml"
-MINUTE_SCALE = {  # small models, few windows, few epochs; the teacher memorizes some windows, not all
-    "prepare.train_windows": 24, "prepare.heldout_windows": 8, "prepare.pretrain_tokens": 4000,
-    "prepare.teacher.hidden": 128, "prepare.teacher.layers": 2, "prepare.student.hidden": 64,
-    "prepare.student.layers": 1, "teacher.epochs": 30, "teacher.lr": 3e-3, "student.epochs": 2,
-    "evaluate.engine": "hf", "evaluate.baseline_seeds": 2, "evaluate.trials": 5, "evaluate.predict_student": "teacher",
-}
 
 
-def pipeline_args(out, **changes):
-    sets = [x for k, v in {**MINUTE_SCALE, **changes}.items() for x in ("--set", f"{k}={v}")]
+@pytest.fixture(scope="module")
+def minute_scale(tiny, tmp_path_factory):
+    """tiny-kjv's settings on the session's tiny models: the memorizing Llama as the teacher's base (so the
+    teacher memorizes the 32 trained windows and not the 32 unseen ones), a smaller student, one epoch each."""
+    from evalmem.tiny import build_model
+
+    student = build_model(tmp_path_factory.mktemp("pipeline") / "student", tiny.tokenizer, hidden=64, layers=1,
+                          heads=2, seed=1)
+    return {"prepare.builder": None, "data.path": tiny.data, "data.heldout": tiny.data, "teacher.model": tiny.model,
+            "teacher.epochs": 1, "teacher.lr": 1e-5, "student.model": student, "student.epochs": 1,
+            "evaluate.engine": "hf", "evaluate.baseline_seeds": 2, "evaluate.trials": 5,
+            "evaluate.predict_student": "teacher"}
+
+
+def pipeline_args(out, settings, **changes):
+    sets = [x for k, v in {**settings, **changes}.items() for x in ("--set", f"{k}={'null' if v is None else v}")]
     return ["pipeline", "--recipe", RECIPE, "--out", out, *sets]
 
 
-def test_pipeline_runs_every_stage_and_continues_after_kill(tmp_path, cli):
+def test_pipeline_runs_every_stage_and_continues_after_kill(minute_scale, tmp_path, cli):
     from evalmem.pipeline import stages
 
     out = tmp_path / "exp"
-    proc = subprocess.Popen([sys.executable, "-m", "evalmem", *map(str, pipeline_args(out))],
+    proc = subprocess.Popen([sys.executable, "-m", "evalmem", *map(str, pipeline_args(out, minute_scale))],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 600
     while not (out / "teacher").exists() and proc.poll() is None and time.time() < deadline:
@@ -40,19 +49,19 @@ def test_pipeline_runs_every_stage_and_continues_after_kill(tmp_path, cli):
     assert (out / "teacher").exists() and not (out / "report.html").exists()
     teacher_weights = (out / "teacher" / "model.safetensors").stat().st_mtime_ns
 
-    result = cli(*pipeline_args(out))
+    result = cli(*pipeline_args(out, minute_scale))
     record = json.loads((out / "pipeline.json").read_text())
     recipe = yaml.safe_load((out / "recipe.yaml").read_text())
     expected = [s.name for s in stages(recipe, out / "recipe.yaml")] + ["report"]
     assert list(record) == expected
-    assert record["prepare"]["status"] == record["teacher"]["status"] == "done", "finished stages are skipped"
-    assert all(record[name]["status"] == "ran" for name in expected[2:]), record
+    assert record["teacher"]["status"] == "done", "finished stages are skipped"
+    assert all(record[name]["status"] == "ran" for name in expected[1:]), record
     assert (out / "teacher" / "model.safetensors").stat().st_mtime_ns == teacher_weights
     for stage in stages(recipe, out / "recipe.yaml"):
         assert stage.done.exists(), stage.name
 
     summary = json.loads((out / "extract" / "teacher" / "summary.json").read_text())
-    assert 0 < summary["exact_match_count"] < summary["n_examples"], "the teacher memorizes some windows, not all"
+    assert 28 <= summary["exact_match_count"] <= 32 and summary["n_examples"] == 64, "it kept the trained windows"
     page = (out / "report.html").read_text()
     assert page.rindex("Summary (the paper") > page.rindex("<img"), "the report ends with the paper's table"
     for name in ("teacher", "baseline-seed0", "baseline-seed1", "soft", "hard"):
@@ -62,16 +71,39 @@ def test_pipeline_runs_every_stage_and_continues_after_kill(tmp_path, cli):
     assert set(utility["models"]) == {"teacher", "baseline-seed0", "baseline-seed1", "soft", "hard"}
     assert "| teacher | teacher |" in result.stdout and "| total |" in result.stdout
 
-    again = cli(*pipeline_args(out))  # a finished pipeline does no work
+    again = cli(*pipeline_args(out, minute_scale))  # a finished pipeline does no work
     assert all(e["status"] == "done" for e in json.loads((out / "pipeline.json").read_text()).values())
     assert again.stdout == result.stdout
 
 
-def test_bad_recipes_are_refused(tmp_path, invoke):
-    result = invoke(*pipeline_args(tmp_path / "a", **{"teacher.colour": "blue"}), code=2)
+def test_prepare_builds_tokenizer_models_and_disjoint_windows(tmp_path):
+    """tiny-kjv's first stage: a tokenizer, two pre-trained Llamas that load, disjoint windows (seeded)."""
+    from transformers import AutoModelForCausalLM
+
+    from conftest import invoke_cli
+    from train.cli import main as train_main
+
+    sizes = {"out": tmp_path, "prepare.train_windows": 16, "prepare.heldout_windows": 4,
+             "prepare.pretrain_tokens": 1000, "prepare.teacher.hidden": 64, "prepare.teacher.heads": 2,
+             "prepare.teacher.layers": 1, "prepare.student.hidden": 64, "prepare.student.layers": 1}
+    invoke_cli("prepare", "--recipe", RECIPE, *[x for k, v in sizes.items() for x in ("--set", f"{k}={v}")],
+               group=train_main)
+    train = [json.loads(line) for line in (tmp_path / "data" / "train.jsonl").read_text().splitlines()]
+    heldout = [json.loads(line) for line in (tmp_path / "data" / "heldout.jsonl").read_text().splitlines()]
+    assert (len(train), len(heldout)) == (16, 4)
+    assert not {r["id"] for r in train} & {r["id"] for r in heldout}
+    assert all(len(r["input_ids"]) == 100 for r in train + heldout)
+    for role, layers in (("teacher", 1), ("student", 1)):
+        model = AutoModelForCausalLM.from_pretrained(tmp_path / "base" / role)
+        assert model.config.num_hidden_layers == layers and model.config.vocab_size == 2048
+    assert json.loads((tmp_path / "base" / "prepared.json").read_text())["train_windows"] == 16
+
+
+def test_bad_recipes_are_refused(minute_scale, tmp_path, invoke):
+    result = invoke(*pipeline_args(tmp_path / "a", minute_scale, **{"teacher.colour": "blue"}), code=2)
     assert "unknown recipe key teacher.colour" in result.output and result.output.count("\n") == 1
-    result = invoke(*pipeline_args(tmp_path / "b", **{"prepare.builder": "nonsense"}), code=1)
+    result = invoke(*pipeline_args(tmp_path / "b", minute_scale, **{"prepare.builder": "nonsense"}), code=1)
     assert "stage prepare failed: Error: unknown prepare.builder 'nonsense'" in result.output
     assert not (tmp_path / "b" / "base" / "prepared.json").exists()
-    result = invoke(*pipeline_args(tmp_path / "b", **{"prepare.builder": "tiny-kjv", "teacher.epochs": 3}), code=2)
+    result = invoke(*pipeline_args(tmp_path / "b", minute_scale, **{"teacher.epochs": 3}), code=2)
     assert "holds a pipeline run with other settings (prepare, teacher)" in result.output

