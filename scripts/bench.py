@@ -8,7 +8,7 @@ For each model size and N it runs, on the same model and the same N real KJV win
     verify-hf     `evalmem extract --mode verify --engine hf` (torch loop, KV cache, finished rows dropped)
     verify        `evalmem extract --mode verify` (vLLM, a logits processor ends requests at a mismatch)
 and prints one Markdown table: examples/s, tokens/s (the tokens the column must process), seconds
-(start-up apart), peak RSS, the ratio to `generate`, and the ratio to the FLOP bound. FLOP bound =
+(start-up apart; 0 where the column reuses the previous column's engine), peak RSS of the process, the ratio to `generate`, and the ratio to the FLOP bound. FLOP bound =
 2 x matmul parameters (all but the input embedding table) x tokens / this machine's measured fp32 matmul
 rate, with tokens = prefix + suffix for the decoding columns and prefix + match_len + 1 for screen and
 verify (what exact match and match_len need at least; screen itself processes prefix + suffix - 1).
@@ -22,6 +22,8 @@ briefly (TRL) on 32 of the windows so that those are memorized and the rest most
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import tempfile
@@ -62,7 +64,7 @@ def kjv_windows(tokenizer, length: int, count: int) -> np.ndarray:
     return np.array([stream[i * stride:i * stride + length] for i in range(count)], dtype=np.int64)
 
 
-def build(work: Path, size: str, length: int, count: int) -> tuple[str, np.ndarray]:
+def build(work: Path, size: str, length: int, count: int, epochs: int) -> tuple[str, np.ndarray]:
     """The fine-tuned model of `size` and `count` windows, built once under `work`."""
     from transformers import AutoTokenizer
 
@@ -75,11 +77,11 @@ def build(work: Path, size: str, length: int, count: int) -> tuple[str, np.ndarr
     if not cached.exists():
         np.save(cached, kjv_windows(AutoTokenizer.from_pretrained(root / "tokenizer"), length, count))
     windows = np.load(cached)
-    model = root / "finetuned"
+    model = root / f"finetuned-{epochs}ep"
     if not model.exists():
         build_model(root / "base", AutoTokenizer.from_pretrained(root / "tokenizer"), max_len=512, **SIZES[size])
         trained = windows[np.linspace(0, min(count, 1000) - 1, TRAINED).astype(int)]
-        finetune(str(root / "base"), trained.tolist(), model, epochs=40, lr=2e-3, batch_size=8,
+        finetune(str(root / "base"), trained.tolist(), model, epochs=epochs, lr=2e-3, batch_size=8,
                  scheduler="constant")
     return str(model), windows
 
@@ -157,10 +159,11 @@ def run_vllm(model: str, windows: np.ndarray, prefix_len: int, args) -> dict:
 def run_evalmem(mode: str, engine: str, model: str, data: Path, out: Path, prefix_len: int, suffix_len: int,
                 args) -> dict:
     """`evalmem extract` in this process; its summary's seconds exclude the engine start-up."""
-    evalmem_main(["extract", "--model", model, "--data", str(data), "--out", str(out), "--mode", mode,
-                  "--engine", engine, "--prefix-len", str(prefix_len), "--suffix-len", str(suffix_len),
-                  "--shard-size", "1000000", "--dtype", args.dtype, "--batch-size", str(args.batch_size),
-                  "--max-num-seqs", str(args.max_num_seqs)], standalone_mode=False)
+    with contextlib.redirect_stdout(io.StringIO()):  # the summary it prints; read from summary.json below
+        evalmem_main(["extract", "--model", model, "--data", str(data), "--out", str(out), "--mode", mode,
+                      "--engine", engine, "--prefix-len", str(prefix_len), "--suffix-len", str(suffix_len),
+                      "--shard-size", "1000000", "--dtype", args.dtype, "--batch-size", str(args.batch_size),
+                      "--max-num-seqs", str(args.max_num_seqs)], standalone_mode=False)
     summary = json.loads((out / "summary.json").read_text())
     match_len = pq.read_table(out / "results.parquet", columns=["match_len"])["match_len"].to_numpy()
     return {"seconds": summary["seconds"], "startup": summary["startup_seconds"],
@@ -170,7 +173,7 @@ def run_evalmem(mode: str, engine: str, model: str, data: Path, out: Path, prefi
 def bench(size: str, n: int, args, rate: float) -> list[dict]:
     """Every column on one model size and N windows."""
     length = args.prefix_len + args.suffix_len
-    model, windows = build(args.work, size, length, max(args.n))
+    model, windows = build(args.work, size, length, max(args.n), args.epochs)
     windows = windows[:n]
     data = write_jsonl(args.work / f"{size}-{n}.jsonl", [{"input_ids": w} for w in windows.tolist()])
     params = matmul_params(model)
@@ -234,6 +237,7 @@ def main() -> None:
     parser.add_argument("--hf-batch-size", type=int, default=256, help="batch of the transformers generate loop")
     parser.add_argument("--batch-size", type=int, default=64, help="windows per torch pass (screen, verify-hf)")
     parser.add_argument("--max-num-seqs", type=int, default=512, help="vLLM columns")
+    parser.add_argument("--epochs", type=int, default=60, help="fine-tuning epochs on the 32 memorized windows")
     parser.add_argument("--work", type=Path, default=Path("runs/bench"), help="models and data, built once")
     args = parser.parse_args()
 
