@@ -10,8 +10,9 @@ For each model size and N it runs, on the same model and the same N real KJV win
 and prints one Markdown table: examples/s, tokens/s (the tokens the column must process), seconds
 (start-up apart; 0 where a column reuses the previous column's engine), peak RSS of the process, the
 ratio to `generate`, and the ratio to the FLOP bound. FLOP bound = 2 x matmul parameters (all but the
-input embedding table) x tokens / this machine's measured fp32 matmul rate, with tokens = prefix + suffix for the decoding columns and prefix + match_len + 1 for screen and
-verify (what exact match and match_len need at least; screen itself processes prefix + suffix - 1).
+input embedding table) x tokens / this machine's measured fp32 matmul rate, with tokens = prefix + suffix
+for the decoding columns and prefix + match_len + 1 for screen and verify (what exact match and match_len
+need at least; screen itself processes prefix + suffix - 1).
 
 The models are built here, once, under --work: a Llama per size with a tokenizer trained on KJV, fine-tuned
 briefly (TRL) on 32 of the windows so that those are memorized and the rest mostly not.
