@@ -71,7 +71,12 @@ def _scored_columns(get_engine, windows: Windows, mode: str) -> dict:
     n, suffix_len = windows.suffix.shape
     if n:
         engine = get_engine()
-        scored = getattr(screen, mode)(engine.model, windows.prefix, windows.suffix, engine.batch_size)
+        if mode == "screen":
+            scored = screen.screen(engine.model, windows.prefix, windows.suffix, engine.batch_size)
+        elif hasattr(engine, "verify"):
+            scored = engine.verify(windows.prefix, windows.suffix)
+        else:
+            raise InputError(f"--mode verify is not available with --engine {engine.name}")
     else:
         scored = {"match_len": np.zeros(0, np.int64), "near_tie": np.zeros(0, bool)}
     logprobs, list_type = scored.get("suffix_logprobs"), pa.list_(pa.float32())
@@ -94,11 +99,11 @@ def shard_stats(table: pa.Table) -> dict:
 
 
 def extract_run(*, suffix_len, strict, mode="decode", **job_options) -> dict:
-    """`evalmem extract`: extraction over a whole data set into a resumable result directory. screen and
-    verify run the model in transformers (engine hf) whatever `engine` says."""
+    """`evalmem extract`: extraction over a whole data set into a resumable result directory. screen runs
+    the model in transformers (engine hf) whatever `engine` says."""
     if mode not in MODES:
         raise InputError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
-    if mode != "decode":
+    if mode == "screen":
         job_options["engine"] = "hf"
     job = open_job("extract", new_tokens=suffix_len, new_tokens_option="--suffix-len", settings={"mode": mode},
                    **job_options)

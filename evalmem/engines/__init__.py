@@ -3,6 +3,11 @@
     engine.generate(prompts, max_new_tokens, temperature=0.0, top_p=1.0, seed=None) -> list[list[int]]
 
 `prompts` is a list of token-id lists; greedy when temperature == 0; never stops early at EOS.
+Engines that can also verify (extract --mode verify) have
+
+    engine.verify(prefix (n, P) int array, suffix (n, L) int array) -> {"match_len": (n,), "near_tie": (n,)}
+
+greedy decoding that stops at each example's first mismatch with its suffix (`evalmem.screen`).
 Backends: `vllm` (offline `LLM`, the default) and `hf` (transformers `generate`, the reference).
 """
 
