@@ -6,6 +6,7 @@ import json
 
 import click
 
+from evalmem.errors import OneLineGroup
 from evalmem.runner import SHARD_SIZE
 
 
@@ -64,7 +65,8 @@ def data_options(f):
     return f
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.group(cls=OneLineGroup,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="evalmem")
 def main():
     """Measure training-data memorization of language models, fast (vLLM)."""
