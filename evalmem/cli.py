@@ -6,14 +6,26 @@ import json
 
 import click
 
+from evalmem.errors import OneLineGroup
 from evalmem.runner import SHARD_SIZE
 
 
 def model_options(f):
     """Options shared by every command that loads a model in an engine."""
     options = [
-        click.option("--engine", type=click.Choice(["vllm", "hf"]), default="vllm", show_default=True,
-                     help="vllm: vLLM offline engine (fast). hf: transformers generate (the reference)."),
+        click.option("--engine", type=click.Choice(["vllm", "hf", "server"]), default="vllm", show_default=True,
+                     help="vllm: vLLM offline engine (fast). hf: transformers generate (the reference). server: a "
+                          "running vLLM server (--base-url) that serves --model (its id or its model path; "
+                          "--model is also read here for the config and tokenizer)."),
+        click.option("--base-url", default=None, help="The server engine's OpenAI-compatible API, e.g. "
+                     "http://127.0.0.1:8000/v1 (not a run setting: resume against any server of the same model)."),
+        click.option("--api-key", default=None, envvar="EVALMEM_API_KEY", show_envvar=True,
+                     help="API key of the server (its --api-key), if it asks for one."),
+        click.option("--concurrency", type=click.IntRange(min=1), default=64, show_default=True,
+                     help="Requests in flight to the server (it batches them; one prompt each)."),
+        click.option("--request-timeout", type=click.FloatRange(min=0, min_open=True), default=600.0,
+                     show_default=True, help="Seconds one server request may take before it is retried "
+                                             "(4 retries with backoff on connection errors, timeouts and 5xx)."),
         click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
                      show_default=True, help="Weights/activations dtype; auto = the dtype the model was saved in."),
         click.option("--tensor-parallel-size", type=click.IntRange(min=1), default=1, show_default=True,
@@ -53,7 +65,8 @@ def data_options(f):
     return f
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.group(cls=OneLineGroup,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="evalmem")
 def main():
     """Measure training-data memorization of language models, fast (vLLM)."""

@@ -226,11 +226,14 @@ def write_compare(out: str | Path, runs) -> dict:
 
 def read_json(path: Path, what: str) -> dict:
     try:
-        return json.loads(path.read_text())
+        value = json.loads(path.read_text())
     except FileNotFoundError:
         raise InputError(f"no {path.name} in {path.parent}: pass a directory written by {what}") from None
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot read {path}: {first_line(exc)}") from exc
+    if not isinstance(value, dict):
+        raise InputError(f"cannot read {path}: not written by {what} (a JSON object expected)")
+    return value
 
 
 def load_inputs(compare_dir, predict_dir=None, utility=None) -> tuple[dict, dict | None, dict | None]:

@@ -46,10 +46,12 @@ def load_tokenizer(name: str):
 
 
 def engine_options(model: str, dtype: str, seq_len: int, tensor_parallel_size: int, max_model_len: int | None,
-                   kv_cache_gb: float | None, max_num_seqs: int, batch_size: int, seed: int = 0) -> EngineOptions:
+                   kv_cache_gb: float | None, max_num_seqs: int, batch_size: int, seed: int = 0,
+                   **server) -> EngineOptions:
+    """`server`: the server engine's base_url, api_key, concurrency and request_timeout."""
     return EngineOptions(model=model, dtype=dtype, tensor_parallel_size=tensor_parallel_size,
                          max_model_len=max_model_len or seq_len, kv_cache_gb=kv_cache_gb,
-                         max_num_seqs=max_num_seqs, batch_size=batch_size, seed=seed)
+                         max_num_seqs=max_num_seqs, batch_size=batch_size, seed=seed, **server)
 
 
 class LazyEngine:
@@ -119,16 +121,19 @@ class Job:
         seconds = sum(m["seconds"] for m in metas)
         return {"model": s["model"], "data": s["data"], "split": s["split"], "n_examples": n,
                 "n_skipped_short": sum(m["n_short"] for m in metas), "n_input_rows": len(self.source),
-                "prefix_len": self.prefix_len, "engine": s["engine"], "dtype": s["dtype"], **fields,
+                "prefix_len": self.prefix_len, "engine": s["engine"], "dtype": s["dtype"],
+                **getattr(self.engine.engine, "info", {}), **fields,
                 "seconds": round(seconds, 3), "startup_seconds": round(self.engine.startup, 3),
                 "examples_per_second": n / seconds if seconds else None}
 
 
 def open_job(command: str, *, model, data, split, data_config, text_column, tokenizer, limit, prefix_len,
              new_tokens: int, new_tokens_option: str, shard_size, out, engine, dtype, tensor_parallel_size,
-             max_model_len, kv_cache_gb, max_num_seqs, batch_size, settings: dict, need_tokenizer=False) -> Job:
+             max_model_len, kv_cache_gb, max_num_seqs, batch_size, settings: dict, need_tokenizer=False,
+             **server) -> Job:
     """Check the model, lengths and data (before any model loads) and open the result directory with
-    the job's settings (`settings` adds the command's own)."""
+    the job's settings (`settings` adds the command's own). The server engine's options (`server`) are
+    not settings: a run resumes against any server that serves the same model."""
     config = model_config(model)
     seq_len = check_lengths(config, prefix_len, new_tokens, new_tokens_option)
     source = load_source(data, split, data_config, text_column, limit)
@@ -142,5 +147,5 @@ def open_job(command: str, *, model, data, split, data_config, text_column, toke
                        "shard_size": shard_size, "engine": engine, "dtype": dtype, **settings})
     run.open()
     lazy = LazyEngine(engine, engine_options(model, dtype, seq_len, tensor_parallel_size, max_model_len,
-                                             kv_cache_gb, max_num_seqs, batch_size))
+                                             kv_cache_gb, max_num_seqs, batch_size, **server))
     return Job(command, source, tok, run, lazy, prefix_len, new_tokens, shard_size)

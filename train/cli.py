@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 import yaml
 
-from evalmem.errors import InputError
+from evalmem.errors import InputError, OneLineGroup
 from evalmem.runner import load_tokenizer
 from train.recipe import check_context, load_recipe, training_windows
 
@@ -64,7 +64,8 @@ def model_of(recipe: dict, section: str) -> str:
     return model
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.group(cls=OneLineGroup,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 def main():
     """Train the teacher, baselines and distilled students of a recipe (TRL). Each command writes a plain
     Hugging Face folder that appears only when training has finished."""

@@ -8,7 +8,8 @@ Engines that can also verify (extract --mode verify) have
     engine.verify(prefix (n, P) int array, suffix (n, L) int array) -> {"match_len": (n,), "near_tie": (n,)}
 
 greedy decoding that stops at each example's first mismatch with its suffix (`evalmem.screen`).
-Backends: `vllm` (offline `LLM`, the default) and `hf` (transformers `generate`, the reference).
+Backends: `vllm` (offline `LLM`, the default), `hf` (transformers `generate`, the reference) and `server`
+(a running vLLM OpenAI-compatible server, `--base-url`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Protocol
 
 from evalmem.errors import InputError, first_line
 
-ENGINES = ("vllm", "hf")
+ENGINES = ("vllm", "hf", "server")
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,10 @@ class EngineOptions:
     max_num_seqs: int = 512
     batch_size: int = 256
     seed: int = 0
+    base_url: str | None = None  # server only: http://HOST:PORT/v1, the API key, requests in flight, seconds each
+    api_key: str | None = None
+    concurrency: int = 64
+    request_timeout: float = 600.0
 
 
 class Engine(Protocol):
@@ -82,7 +87,10 @@ _loaded: dict = {}  # the last engine built, reused while the same model and opt
 def load_engine(name: str, options: EngineOptions) -> Engine:
     """Build the engine `name` for `options.model`, or reuse the last one built for the same model
     folder and options (one engine at a time: a new one replaces it); a one-line error if the
-    model does not load."""
+    model does not load. A server engine holds no model here: it is built afresh (checking the server
+    again) and leaves the cached engine alone."""
+    if name == "server":
+        return _build(name, options)
     key = (name, options, model_fingerprint(options.model))
     if key not in _loaded:
         _loaded.clear()
@@ -96,6 +104,8 @@ def _build(name: str, options: EngineOptions) -> Engine:
         from evalmem.engines.vllm_engine import VLLMEngine as cls
     elif name == "hf":
         from evalmem.engines.hf_engine import HFEngine as cls
+    elif name == "server":
+        from evalmem.engines.server_engine import ServerEngine as cls
     else:
         raise InputError(f"unknown engine {name!r}: choose one of {', '.join(ENGINES)}")
     try:
