@@ -6,16 +6,29 @@ import json
 
 import click
 
+from evalmem.errors import OneLineGroup
 from evalmem.runner import SHARD_SIZE
 
 
 def model_options(f):
     """Options shared by every command that loads a model in an engine."""
     options = [
-        click.option("--engine", type=click.Choice(["vllm", "hf", "ray"]), default="vllm", show_default=True,
-                     help="vllm: vLLM offline engine (fast). hf: transformers generate (the reference). ray: Ray "
-                          "Data with vLLM replicas on the cluster at RAY_ADDRESS (one per --tensor-parallel-size "
-                          "GPUs; needs the extra evalmem[ray]; use a large --shard-size)."),
+        click.option("--engine", type=click.Choice(["vllm", "hf", "server", "ray"]), default="vllm",
+                     show_default=True,
+                     help="vllm: vLLM offline engine (fast). hf: transformers generate (the reference). server: a "
+                          "running vLLM server (--base-url) that serves --model (its id or its model path; "
+                          "--model is also read here for the config and tokenizer). ray: Ray Data with vLLM "
+                          "replicas on the cluster at RAY_ADDRESS (one per --tensor-parallel-size GPUs; needs the "
+                          "extra evalmem[ray]; use a large --shard-size)."),
+        click.option("--base-url", default=None, help="The server engine's OpenAI-compatible API, e.g. "
+                     "http://127.0.0.1:8000/v1 (not a run setting: resume against any server of the same model)."),
+        click.option("--api-key", default=None, envvar="EVALMEM_API_KEY", show_envvar=True,
+                     help="API key of the server (its --api-key), if it asks for one."),
+        click.option("--concurrency", type=click.IntRange(min=1), default=64, show_default=True,
+                     help="Requests in flight to the server (it batches them; one prompt each)."),
+        click.option("--request-timeout", type=click.FloatRange(min=0, min_open=True), default=600.0,
+                     show_default=True, help="Seconds one server request may take before it is retried "
+                                             "(4 retries with backoff on connection errors, timeouts and 5xx)."),
         click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
                      show_default=True, help="Weights/activations dtype; auto = the dtype the model was saved in."),
         click.option("--tensor-parallel-size", type=click.IntRange(min=1), default=1, show_default=True,
@@ -60,7 +73,8 @@ def data_options(f):
     return f
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.group(cls=OneLineGroup,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="evalmem")
 def main():
     """Measure training-data memorization of language models, fast (vLLM)."""
@@ -78,17 +92,18 @@ def main():
               help="decode: greedy-decode every suffix with --engine; all columns (the reference). "
                    "screen: one teacher-forced forward pass over prefix+suffix; exact_match, match_len and "
                    "suffix_logprobs (log-probability of each true suffix token). "
-                   "verify: decode only up to each example's first mismatch (KV cache, finished rows dropped); "
-                   "exact_match and match_len. "
+                   "verify: decode only up to each example's first mismatch, with --engine (vllm: a logits "
+                   "processor ends each request at its first mismatch; hf: a KV-cache loop that drops finished "
+                   "rows, --batch-size windows at a time); exact_match and match_len. "
                    "auto: decode each example only while it can still match approximately (edit distance "
                    "<= 10%; a lower bound on the final distance drops it as soon as it cannot): exact_match, "
                    "match_len and approx_match of every example, and token_accuracy, edit_distance and "
                    "generated_ids where it was decoded to the end (the approximate matches and near misses). "
-                   "screen, verify and auto give decode's results, run in transformers (--engine is ignored; "
-                   "--dtype and --batch-size apply), write the columns they do not compute as nulls (summary "
-                   "null_columns), and flag near_tie rows (an arg-max deciding exact_match/match_len by a logit "
-                   "gap so small that another engine or dtype could round it the other way; counted in summary "
-                   "n_near_ties).")
+                   "screen and auto run in transformers (--engine is ignored; --dtype and --batch-size apply). "
+                   "screen, verify and auto give decode's results, write the columns they do not compute as nulls "
+                   "(summary null_columns), and flag near_tie rows (an arg-max deciding exact_match/match_len by "
+                   "a logit gap so small that another engine or dtype could round it the other way; counted in "
+                   "summary n_near_ties).")
 @model_options
 def extract(model, data, split, data_config, text_column, tokenizer, limit, prefix_len, shard_size, shard,
             suffix_len, out, strict, mode, **engine_kwargs):
@@ -181,6 +196,36 @@ def features(teacher, baseline, data, split, data_config, text_column, tokenizer
 
 
 @main.command()
+@click.option("--model", "models", multiple=True, required=True,
+              help="Model [NAME=]PATH (local folder or hub id); repeat to score several on the same windows.")
+@click.option("--data", required=True, help="Held-out data: a .jsonl/.json/.parquet/.txt file or a HF dataset id.")
+@click.option("--split", default="train", show_default=True, help="Dataset split (hub datasets).")
+@click.option("--config", "data_config", default=None, help="Dataset configuration name (hub datasets).")
+@click.option("--text-column", default="text", show_default=True,
+              help="Column holding the text; a pre-tokenized `input_ids` column is used as-is instead.")
+@click.option("--tokenizer", default=None, help="Tokenizer for text data [default: the first model's].")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N examples.")
+@click.option("--window-len", type=int, default=100, show_default=True,
+              help="Tokens per window (each example's first WINDOW-LEN; shorter examples are skipped).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Windows per forward pass.")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
+              show_default=True, help="Weights dtype; auto = the dtype each model was saved in.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The JSON file to write.")
+def perplexity(models, data, split, data_config, text_column, tokenizer, limit, window_len, batch_size, dtype, out):
+    """Utility: each model's perplexity over the same held-out windows (tokens 2..WINDOW-LEN, teacher
+    forcing), e.g. to see what memorization costs or distillation keeps."""
+    from evalmem.analysis import parse_spec
+    from evalmem.features import perplexity_run
+
+    specs = [parse_spec(m, m.rstrip("/").rsplit("/", 1)[-1]) for m in models]
+    result = perplexity_run(models=specs, data=data, split=split, data_config=data_config, text_column=text_column,
+                            tokenizer=tokenizer, limit=limit, window_len=window_len, batch_size=batch_size,
+                            dtype=dtype, out=out)
+    click.echo(json.dumps(result, indent=2))
+
+
+@main.command()
 @click.option("--teacher", default=None, help="Teacher extraction run: [NAME=]DIR.")
 @click.option("--baseline", "baselines", multiple=True,
               help="Baseline run [NAME=]DIR; repeat for several seeds.")
@@ -254,9 +299,32 @@ def filter_(predictor, features_dir, data, split, data_config, text_column, out,
               help="Directory written by `evalmem compare`.")
 @click.option("--predict", "predict_dir", default=None, type=click.Path(file_okay=False),
               help="Directory written by `evalmem predict` (optional).")
+@click.option("--utility", default=None, type=click.Path(dir_okay=False),
+              help="JSON file written by `evalmem perplexity` (optional; name its models as compare's runs).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="The HTML file to write.")
-def report(compare_dir, predict_dir, out):
-    """One self-contained HTML page (tables and embedded figures) from compare and predict results."""
+def report(compare_dir, predict_dir, utility, out):
+    """One self-contained HTML page (tables and embedded figures) from compare, predict and perplexity
+    results, ending with the paper-shaped summary table (also printed)."""
     from evalmem.report import write_report
 
-    click.echo(json.dumps(write_report(compare_dir, predict_dir, out), indent=2))
+    click.echo(write_report(compare_dir, predict_dir, out, utility)["summary"])
+
+
+@main.command()
+@click.option("--recipe", required=True, type=click.Path(dir_okay=False),
+              help="Experiment recipe: train/recipes/tiny-kjv.yaml (offline default, CPU), smollm2-kjv.yaml, "
+                   "or a GPU recipe (pythia-fineweb.yaml, ...).")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Experiment folder: models, runs, logs, OUT/report.html. Rerun to continue a stopped run.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a recipe key, e.g. --set evaluate.engine=hf (repeatable).")
+def pipeline(recipe, out, overrides):
+    """The paper's experiment end to end: base models, teacher, baselines, the teacher's corpus, soft and
+    hard students, extraction on every checkpoint, features, predictor, utility, compare, and an HTML
+    report ending with the paper-shaped table (printed too). Each stage's command and time are printed;
+    finished stages are skipped, so a stopped pipeline continues where it stopped."""
+    from evalmem.pipeline import pipeline_run, summary
+    from train.cli import parse_overrides
+
+    recipe, record = pipeline_run(recipe, out, parse_overrides(overrides))
+    click.echo(summary(recipe, record))

@@ -61,14 +61,19 @@ def load_source(data: str, split: str = "train", config: str | None = None,
     else:
         raise InputError(f"{data} has no column {text_column!r} (columns: {', '.join(columns)}); "
                          "pass --text-column")
-    _check_type(data, rows, token_column or text_column)
+    check_column_type(data, rows, token_column or text_column)
     ids = rows["id"] if "id" in columns else list(range(len(rows)))
+    kinds = {type(i) for i in ids}
+    if not (kinds <= {int} or kinds <= {str}):
+        raise InputError(f"the 'id' column of {data} mixes {', '.join(sorted(k.__name__ for k in kinds))} values: "
+                         "ids must be all integers or all strings")
     if len(set(ids)) != len(ids):
         raise InputError(f"{data} has duplicated values in its 'id' column")
     return Source(rows, data, fingerprint, token_column, text_column, ids)
 
 
-def _check_type(data: str, rows, column: str) -> None:
+def check_column_type(data: str, rows, column: str) -> None:
+    """Refuse an `input_ids` column that does not hold lists of integers, or a text column of non-text."""
     feature = rows.features[column]
     if column == "input_ids":
         dtype = getattr(getattr(feature, "feature", None), "dtype", "")
@@ -99,7 +104,9 @@ def load_rows(data: str, split: str = "train", config: str | None = None):
             raise InputError(f"unsupported data file {data}: use .jsonl, .json, .parquet or .txt")
         if os.path.getsize(data) == 0:
             raise InputError(f"{data} has no examples (empty file)")
-        if ext != ".parquet":
+        if ext == ".parquet":
+            _check_parquet(data)
+        else:
             _check_utf8(data)
         kwargs = {"keep_linebreaks": False} if ext == ".txt" else {}
         datasets.disable_progress_bars()  # a local file converts in seconds; keep the terminal for our bar
@@ -119,6 +126,17 @@ def _call(data, fn, *args, **kwargs):
         return fn(*args, **kwargs)
     except Exception as exc:  # datasets raises many types; the user needs one line
         raise InputError(f"cannot load data {data}: {first_line(exc)}") from exc
+
+
+def _check_parquet(path: str) -> None:
+    import pyarrow.parquet as pq
+
+    try:
+        rows = pq.read_metadata(path).num_rows
+    except Exception as exc:
+        raise InputError(f"cannot load data {path}: not a readable Parquet file ({first_line(exc)})") from exc
+    if rows == 0:
+        raise InputError(f"{path} has no examples (0 rows)")
 
 
 def _check_utf8(path: str) -> None:

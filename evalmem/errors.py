@@ -16,3 +16,15 @@ def first_line(exc: BaseException) -> str:
     """The first non-empty line of an exception's text, for one-line error messages."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return lines[0] if lines else type(exc).__name__
+
+
+class OneLineGroup(click.Group):
+    """A click group whose commands' usage errors (a bad option value, a missing option) are one line,
+    like every other error, instead of click's usage block."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            where = f" (see {exc.ctx.command_path} --help)" if exc.ctx else ""
+            raise InputError(exc.format_message() + where) from exc

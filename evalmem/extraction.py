@@ -74,7 +74,13 @@ def _scored_columns(get_engine, windows: Windows, mode: str) -> dict:
     kwargs = {"max_distance": APPROX_THRESHOLD * suffix_len} if mode == "auto" else {}
     if n:
         engine = get_engine()
-        scored = getattr(screen, mode)(engine.model, windows.prefix, windows.suffix, engine.batch_size, **kwargs)
+        if mode == "verify":
+            if not hasattr(engine, "verify"):
+                raise InputError(f"--mode verify is not available with --engine {engine.name}")
+            scored = engine.verify(windows.prefix, windows.suffix)
+        else:
+            scored = getattr(screen, mode)(engine.model, windows.prefix, windows.suffix, engine.batch_size,
+                                           **kwargs)
     else:
         scored = {"match_len": np.zeros(0, np.int64), "near_tie": np.zeros(0, bool),
                   "generated": np.zeros((0, suffix_len), np.int64)}
@@ -114,11 +120,11 @@ def shard_stats(table: pa.Table) -> dict:
 
 
 def extract_run(*, suffix_len, strict, mode="decode", **job_options) -> dict:
-    """`evalmem extract`: extraction over a whole data set into a resumable result directory. screen,
-    verify and auto run the model in transformers (engine hf) whatever `engine` says."""
+    """`evalmem extract`: extraction over a whole data set into a resumable result directory. screen and
+    auto run the model in transformers (engine hf) whatever `engine` says; verify runs in `engine`."""
     if mode not in MODES:
         raise InputError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
-    if mode != "decode":
+    if mode in ("screen", "auto"):
         job_options["engine"] = "hf"
     job = open_engine_job("extract", new_tokens=suffix_len, new_tokens_option="--suffix-len",
                           settings={"mode": mode}, **job_options)

@@ -6,6 +6,8 @@
     zlib_entropy          byte length of zlib.compress(decoded window text)
     min_k_logprob         Min-K% (Shi et al. 2024): mean teacher log-probability of the k% least likely tokens
 
+and (`evalmem perplexity`) the utility of any number of checkpoints: perplexity over held-out windows.
+
 The window is the same prefix+suffix window `extract` uses (data.py), so features join results on
 `example_id`.
 
@@ -27,10 +29,13 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
-from evalmem import runner
+from evalmem.data import check_vocabulary, cut_windows, load_source, token_lists
+from evalmem.engines import context_length, model_config
 from evalmem.errors import InputError, first_line
 from evalmem.predict import FEATURES
-from evalmem.runner import LazyEngine, open_job
+from evalmem import runner
+from evalmem.runner import LazyEngine, load_tokenizer, open_job, resolve_dtype
+from evalmem.store import write_json
 
 
 def load_model(name: str, dtype: str, device: str):
@@ -105,3 +110,46 @@ def summarize(settings: dict, metas: list[dict]) -> dict:
     summary["tokens_per_second"] = summary["n_examples"] * (settings["prefix_len"] + suffix_len) / summary["seconds"] \
         if summary["seconds"] else None
     return summary
+
+
+@torch.inference_mode()
+def nll_sum(model, windows: np.ndarray, batch_size: int) -> float:
+    """Summed negative log-likelihood of tokens 2..L of every window (n, L) under `model`."""
+    device = next(model.parameters()).device
+    total = 0.0
+    for i in range(0, len(windows), batch_size):
+        ids = torch.from_numpy(windows[i:i + batch_size]).to(device)
+        logits = model(input_ids=ids).logits[:, :-1].float()
+        total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum").item()
+    return total
+
+
+def perplexity_run(*, models: list[tuple[str, str]], data, split, data_config, text_column, tokenizer, limit,
+                   window_len, batch_size, dtype, out) -> dict:
+    """`evalmem perplexity`: each model's perplexity over the first `window_len` tokens of every example
+    (the utility of a checkpoint on held-out windows); written to the JSON file `out`."""
+    names = [name for name, _ in models]
+    if len(set(names)) != len(names):
+        raise InputError(f"model names must differ, got {', '.join(names)}; name models as NAME=PATH")
+    if window_len < 2:
+        raise InputError(f"--window-len must be at least 2 tokens, got {window_len}")
+    configs = {path: model_config(path) for _, path in models}
+    for path, config in configs.items():
+        if (context_length(config) or window_len) < window_len:
+            raise InputError(f"--window-len {window_len} exceeds the context of {path} ({context_length(config)} tokens)")
+    source = load_source(data, split, data_config, text_column, limit)
+    tok = load_tokenizer(tokenizer or models[0][1]) if source.token_column is None else None
+    check_vocabulary(source, min(c.get_text_config().vocab_size for c in configs.values()))
+    windows = cut_windows(token_lists(source, 0, len(source), tok), source.ids, window_len, 0)
+    if not windows.example_ids:
+        raise InputError(f"no example of {data} has --window-len = {window_len} tokens")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tokens = windows.prefix.size - len(windows.prefix)
+    result = {"data": data, "data_fingerprint": source.fingerprint, "window_len": window_len,
+              "n_windows": len(windows.example_ids), "n_skipped_short": windows.n_short, "models": {}}
+    for name, path in models:
+        model = load_model(path, resolve_dtype(configs[path], dtype), device)
+        nll = nll_sum(model, windows.prefix, batch_size) / tokens
+        result["models"][name] = {"model": path, "mean_nll": nll, "perplexity": float(np.exp(nll))}
+    write_json(out, result)
+    return result

@@ -27,7 +27,7 @@ def continue_prefixes(get_engine, example_ids: list, prefix: np.ndarray, max_new
     rows = np.concatenate([prefix, np.array(generated, dtype=np.int64).reshape(len(prefix), max_new_tokens)], axis=1)
     table = pa.table({"example_id": pa.array(example_ids),
                       "input_ids": pa.array(list(rows.astype(np.int32))),
-                      "text": pa.array(tokenizer.batch_decode(rows.tolist()), pa.string())})
+                      "text": pa.array(tokenizer.batch_decode(rows.tolist()) if len(rows) else [], pa.string())})
     return table, seconds
 
 

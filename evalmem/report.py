@@ -54,10 +54,11 @@ def compare_tables(result: dict) -> list[Table]:
     return tables
 
 
-def predict_tables(pred: dict) -> list[Table]:
-    def ms(d):
-        return f"{d['mean']:.4f} ± {d['std']:.4f}"
+def ms(d: dict) -> str:
+    return f"{d['mean']:.4f} ± {d['std']:.4f}"
 
+
+def predict_tables(pred: dict) -> list[Table]:
     resampled, real = pred["resampled"], pred["base_rate_eval"]
     return [
         (f"Predictor: held-out test sets, negatives resampled 1:{pred['neg_ratio']}, {pred['trials']} trials",
@@ -68,6 +69,32 @@ def predict_tables(pred: dict) -> list[Table]:
         ("Standardized coefficients", ["feature", "coefficient"],
          [[name, ms(c)] for name, c in pred["coefficients"].items()]),
     ]
+
+
+def utility_table(utility: dict) -> Table:
+    return (f"Utility: perplexity on {utility['n_windows']} held-out windows of {utility['window_len']} tokens",
+            ["model", "perplexity", "mean NLL"],
+            [[name, fmt(m["perplexity"]), fmt(m["mean_nll"])] for name, m in utility["models"].items()])
+
+
+def summary_tables(result: dict, pred: dict | None, utility: dict | None) -> list[Table]:
+    """The paper-shaped summary: each model's memorization rate, the share of its memorized examples that
+    are easy, the teacher-only examples it inherited and its held-out perplexity; then the hard/soft
+    inheritance ratio and the predictor's AUC."""
+    sets, students = result.get("sets", {}), result.get("students", {})
+    ppl = (utility or {}).get("models", {})
+    rows = []
+    for name, run in result["runs"].items():
+        student = students.get(name, {})
+        easy = student.get("easy_share") if student else \
+            (sets["easy"] / sets["teacher"] if run["role"] == "teacher" and sets.get("teacher") else None)
+        rows.append([name, run["role"], pct(run["exact_match_rate"]), pct(easy), fmt(student.get("inherited")),
+                     fmt(ppl.get(name, {}).get("perplexity"))])
+    auc = ms(pred["resampled"]["roc_auc"]) if pred else None
+    return [("Summary (the paper's table)", ["model", "role", "memorization rate", "easy share",
+                                              "inherited (teacher-only)", "held-out perplexity"], rows),
+            ("Headline", ["hard/soft inherited ratio", "predictor ROC-AUC"],
+             [[fmt(result.get("hard_vs_soft", {}).get("ratio")), fmt(auc)]])]
 
 
 def markdown(tables: list[Table]) -> str:
@@ -199,17 +226,29 @@ def write_compare(out: str | Path, runs) -> dict:
 
 def read_json(path: Path, what: str) -> dict:
     try:
-        return json.loads(path.read_text())
+        value = json.loads(path.read_text())
     except FileNotFoundError:
         raise InputError(f"no {path.name} in {path.parent}: pass a directory written by {what}") from None
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot read {path}: {first_line(exc)}") from exc
+    if not isinstance(value, dict):
+        raise InputError(f"cannot read {path}: not written by {what} (a JSON object expected)")
+    return value
 
 
-def write_report(compare_dir: str | Path, predict_dir: str | Path | None, out: str | Path) -> dict:
-    """`evalmem report`: one self-contained HTML page from a compare (and optionally a predict) directory."""
+def load_inputs(compare_dir, predict_dir=None, utility=None) -> tuple[dict, dict | None, dict | None]:
+    """compare.json, predict.json (optional) and the perplexity file (optional)."""
+    result = read_json(Path(compare_dir) / "compare.json", "evalmem compare")
+    pred = read_json(Path(predict_dir) / "predict.json", "evalmem predict") if predict_dir else None
+    return result, pred, read_json(Path(utility), "evalmem perplexity") if utility else None
+
+
+def write_report(compare_dir: str | Path, predict_dir: str | Path | None, out: str | Path,
+                 utility: str | Path | None = None) -> dict:
+    """`evalmem report`: one self-contained HTML page from a compare (and optionally a predict) directory
+    and a perplexity file, ending with the paper-shaped summary."""
     compare_dir = Path(compare_dir)
-    result = read_json(compare_dir / "compare.json", "evalmem compare")
+    result, pred, util = load_inputs(compare_dir, predict_dir, utility)
     tables = compare_tables(result)
     images = {}
     for name in result.get("figures", []):
@@ -217,10 +256,12 @@ def write_report(compare_dir: str | Path, predict_dir: str | Path | None, out: s
             images[name] = (compare_dir / name).read_bytes()
         except OSError as exc:
             raise InputError(f"cannot read figure {compare_dir / name}: {exc.strerror}") from exc
-    if predict_dir:
-        pred = read_json(Path(predict_dir) / "predict.json", "evalmem predict")
+    if pred:
         tables += predict_tables(pred)
         images["coefficients.png"] = png(draw_coefficients(pred))
+    if util:
+        tables.append(utility_table(util))
+    summary = summary_tables(result, pred, util)
     protocol = result.get("protocol", {})
     body = "\n".join([
         "<h1>evalmem memorization report</h1>",
@@ -231,11 +272,13 @@ def write_report(compare_dir: str | Path, predict_dir: str | Path | None, out: s
         html_tables(tables),
         *(f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,'
           f'{base64.b64encode(data).decode()}"></figure>' for name, data in images.items()),
+        html_tables(summary),
     ])
     page = (f"<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>evalmem report</title><style>{STYLE}"
             f"</style></head><body>\n{body}\n</body></html>\n")
     write_atomic(out, lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
-    return {"out": str(out), "tables": len(tables), "figures": list(images)}
+    return {"out": str(out), "tables": len(tables) + len(summary), "figures": list(images),
+            "summary": markdown(summary)}
 
 
 STYLE = ("body{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}"

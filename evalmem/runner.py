@@ -46,10 +46,12 @@ def load_tokenizer(name: str):
 
 
 def engine_options(model: str, dtype: str, seq_len: int, tensor_parallel_size: int, max_model_len: int | None,
-                   kv_cache_gb: float | None, max_num_seqs: int, batch_size: int, seed: int = 0) -> EngineOptions:
+                   kv_cache_gb: float | None, max_num_seqs: int, batch_size: int, seed: int = 0,
+                   **server) -> EngineOptions:
+    """`server`: the server engine's base_url, api_key, concurrency and request_timeout."""
     return EngineOptions(model=model, dtype=dtype, tensor_parallel_size=tensor_parallel_size,
                          max_model_len=max_model_len or seq_len, kv_cache_gb=kv_cache_gb,
-                         max_num_seqs=max_num_seqs, batch_size=batch_size, seed=seed)
+                         max_num_seqs=max_num_seqs, batch_size=batch_size, seed=seed, **server)
 
 
 class LazyEngine:
@@ -106,7 +108,8 @@ def run_shards(run: RunDir, n_rows: int, shard_size: int, engine: LazyEngine, wo
             startup = engine.startup
             table, meta = work(engine, lo, hi)
             meta = {**meta, "start": lo, "stop": hi, "n_input_rows": n_rows,
-                    "startup_seconds": engine.startup - startup, "part": f"{part[0]}/{part[1]}" if part else None}
+                    "startup_seconds": engine.startup - startup, "part": f"{part[0]}/{part[1]}" if part else None,
+                    "engine_info": getattr(engine.engine, "info", {})}  # e.g. the server's URL and version
             run.write_shard(i, table, meta)
             metas[i] = {**meta, "n_rows": table.num_rows}
             bar.update(hi - lo)
@@ -145,7 +148,8 @@ def summarize(settings: dict, metas: list[dict], new_tokens: int, head: dict, **
     seconds = sum(m["seconds"] for m in metas)
     return {**head, "data": settings["data"], "split": settings["split"], "n_examples": n,
             "n_skipped_short": sum(m["n_short"] for m in metas), "n_input_rows": metas[0]["n_input_rows"],
-            "prefix_len": settings["prefix_len"], "dtype": settings["dtype"], **fields,
+            "prefix_len": settings["prefix_len"], "dtype": settings["dtype"],
+            **next((m["engine_info"] for m in metas if m.get("engine_info")), {}), **fields,
             "seconds": round(seconds, 3), "startup_seconds": round(sum(m["startup_seconds"] for m in metas), 3),
             "examples_per_second": n / seconds if seconds else None}
 
@@ -206,10 +210,13 @@ def open_job(command: str, *, models: dict[str, str], data, split, data_config, 
 
 
 def open_engine_job(command: str, *, model, engine, tensor_parallel_size, max_model_len, kv_cache_gb, max_num_seqs,
-                    batch_size, settings: dict, **job_options) -> Job:
-    """`open_job` for a command that runs one model in an engine (extract, generate)."""
+                    batch_size, settings: dict, base_url=None, api_key=None, concurrency=64, request_timeout=600.0,
+                    **job_options) -> Job:
+    """`open_job` for a command that runs one model in an engine (extract, generate). The server engine's
+    options are not settings: a run resumes against any server that serves the same model."""
     job = open_job(command, models={"model": model}, settings={"engine": engine, **settings}, **job_options)
     options = engine_options(model, job.dtype, job.seq_len, tensor_parallel_size, max_model_len, kv_cache_gb,
-                             max_num_seqs, batch_size)
+                             max_num_seqs, batch_size, base_url=base_url, api_key=api_key, concurrency=concurrency,
+                             request_timeout=request_timeout)
     job.engine = LazyEngine(lambda: load_engine(engine, options))
     return job

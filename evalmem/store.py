@@ -7,8 +7,9 @@
                              once every shard exists
     DIR/summary.json         written last: its presence means the run is complete
 
-A rerun with the same settings skips valid shards; a shard that is truncated, corrupted or made
-with other settings is recomputed. Different settings in an existing DIR are refused.
+A rerun with the same settings skips valid shards; a shard that is truncated, corrupted (every data
+page carries a CRC checksum, verified on reading) or made with other settings is recomputed.
+Different settings in an existing DIR are refused.
 """
 
 from __future__ import annotations
@@ -98,13 +99,17 @@ class RunDir:
             return None, "made with other settings"
         if meta.get("n_rows") != footer.num_rows:
             return None, "damaged"
+        try:
+            read_verified(path)
+        except Exception:  # a damaged page under a valid footer
+            return None, "damaged"
         return meta, ""
 
     def write_shard(self, index: int, table: pa.Table, meta: dict) -> None:
         """Write one shard atomically, with `meta` in its footer."""
         meta = {**meta, "key": self.key, "index": index, "n_rows": table.num_rows}
         table = table.replace_schema_metadata({SHARD_KEY: json.dumps(meta)})
-        write_atomic(self.shard_path(index), lambda tmp: pq.write_table(table, tmp))
+        write_atomic(self.shard_path(index), lambda tmp: pq.write_table(table, tmp, write_page_checksum=True))
 
     def finalize(self, n_shards: int, summary: dict) -> dict:
         """Concatenate the shards into results.parquet, then write summary.json (in that order)."""
@@ -112,17 +117,21 @@ class RunDir:
         tables = [t.replace_schema_metadata(None) for t in tables if t.num_rows]
         table = pa.concat_tables(tables, promote_options="default")
         table = table.replace_schema_metadata({SUMMARY_KEY: json.dumps(summary)})
-        write_atomic(self.results, lambda tmp: pq.write_table(table, tmp))
+        write_atomic(self.results, lambda tmp: pq.write_table(table, tmp, write_page_checksum=True))
         write_json(self.summary_path, summary)
         return summary
 
     def _read_shard(self, index: int) -> pa.Table:
         try:
-            return pq.read_table(self.shard_path(index))
+            return read_verified(self.shard_path(index))
         except Exception as exc:  # a valid footer over damaged pages
             raise InputError(f"shard {self.shard_path(index)} is damaged ({first_line(exc)}); delete it and "
                              "rerun the command (or its part) to recompute it") from exc
 
+
+def read_verified(path: Path) -> pa.Table:
+    """Read a Parquet file, checking every data page against its CRC checksum."""
+    return pq.read_table(path, page_checksum_verification=True)
 
 
 def write_atomic(path: str | Path, write) -> None:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set up .venv if needed and run the main job on the embedded offline default (see scripts/quickstart.py).
+# Set up .venv if needed and run the main job on the embedded offline default: the paper's whole experiment
+# (teacher, baselines, soft and hard students, extraction, predictor, report) on the King James Bible.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/python scripts/quickstart.py "$@"
+exec .venv/bin/evalmem pipeline --recipe train/recipes/tiny-kjv.yaml --out exp/tiny-kjv "$@"

@@ -83,7 +83,7 @@ def write_run(path, ids, memorized, *, data_fingerprint="sha256:test-data", pref
         "token_accuracy": [1.0 if h else 0.2 for h in hit], "edit_distance": [0.0 if h else 0.8 for h in hit],
         "approx_match": hit, "generated_ids": [s if h else [0] * suffix_len for s, h in zip(suffix, hit)],
         "suffix_ids": suffix, "prefix_ids": [list(range(prefix_len))] * len(ids)})
-    pq.write_table(table, path / "results.parquet")
+    pq.write_table(table, path / "results.parquet", write_page_checksum=True)  # as evalmem writes results
     settings = {"command": "extract", "model": model, "data": "data.jsonl", "data_fingerprint": data_fingerprint,
                 "prefix_len": prefix_len, "suffix_len": suffix_len, "engine": "hf", "mode": "decode"}
     (path / "manifest.json").write_text(json.dumps({"settings": settings, "versions": {}}))
@@ -92,6 +92,32 @@ def write_run(path, ids, memorized, *, data_fingerprint="sha256:test-data", pref
         "model": model, "data": "data.jsonl", "n_examples": n, "prefix_len": prefix_len, "suffix_len": suffix_len,
         "engine": "hf", "mode": "decode", "exact_match_count": exact, "exact_match_rate": exact / n}))
     return str(path)
+
+
+def write_features(path, ids, x, fingerprint="sha256:test-data"):
+    """A hand-built `evalmem features` directory."""
+    from evalmem.predict import DEFAULT_FEATURES
+
+    path = Path(path)
+    path.mkdir(parents=True)
+    columns = {"example_id": ids, **{name: x[:, i] for i, name in enumerate(DEFAULT_FEATURES)},
+               "min_k_logprob": -x[:, 0]}
+    pq.write_table(pa.table(columns), path / "features.parquet")
+    settings = {"command": "features", "data_fingerprint": fingerprint, "prefix_len": 50, "suffix_len": 50}
+    (path / "manifest.json").write_text(json.dumps({"settings": settings, "versions": {}}))
+    (path / "summary.json").write_text(json.dumps({"n_examples": len(ids)}))
+    return str(path)
+
+
+def flip_byte(path, column: str) -> None:
+    """Damage a Parquet file under its valid footer: flip the last byte of `column`'s pages (page data, which
+    the page CRC covers; not the page header's statistics)."""
+    path = Path(path)
+    meta = pq.read_metadata(path)
+    chunk = meta.row_group(0).column(meta.schema.to_arrow_schema().get_field_index(column))
+    damaged = bytearray(path.read_bytes())
+    damaged[(chunk.dictionary_page_offset or chunk.data_page_offset) + chunk.total_compressed_size - 1] ^= 0xFF
+    path.write_bytes(bytes(damaged))
 
 
 @pytest.fixture(scope="session")

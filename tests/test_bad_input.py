@@ -1,10 +1,18 @@
 """Bad input: a one-line error on stderr, exit code 2, no traceback, nothing that looks complete."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from conftest import write_jsonl
+from conftest import flip_byte, invoke_cli, write_features, write_jsonl, write_run
+
+RECIPE = Path(__file__).resolve().parents[1] / "train" / "recipes" / "tiny.yaml"
 
 
 def check_refused(result, out, *words):
@@ -26,51 +34,8 @@ def extract(tiny, tmp_path, invoke):
     return run
 
 
-def test_missing_file(extract, tmp_path):
-    check_refused(*extract(data=tmp_path / "nope.jsonl"), "no such data file")
-
-
 def test_missing_hub_dataset(extract):
     check_refused(*extract(data="no-such-org/no-such-dataset"), "cannot load data")
-
-
-def test_unknown_text_column(extract, tmp_path):
-    data = write_jsonl(tmp_path / "d.jsonl", [{"body": "x"}])
-    check_refused(*extract("--text-column", "content", data=data), "no column 'content'", "body")
-
-
-def test_empty_input(extract, tmp_path):
-    (tmp_path / "empty.txt").write_text("")
-    check_refused(*extract(data=tmp_path / "empty.txt"), "no examples")
-
-
-def test_non_utf8_text(extract, tmp_path):
-    (tmp_path / "latin1.txt").write_bytes("In the beginning God créated\n".encode("latin-1"))
-    check_refused(*extract(data=tmp_path / "latin1.txt"), "not valid UTF-8")
-
-
-def test_non_text_values_in_text_column(extract, tmp_path):
-    data = write_jsonl(tmp_path / "d.jsonl", [{"text": 5}, {"text": 7}])
-    check_refused(*extract(data=data), "non-text")
-
-
-def test_token_ids_out_of_vocabulary(extract, tiny, tmp_path):
-    data = write_jsonl(tmp_path / "d.jsonl", [{"input_ids": [10**6] * 100}])
-    check_refused(*extract(data=data), "vocabulary")
-
-
-def test_duplicated_ids(extract, tiny, tmp_path):
-    data = write_jsonl(tmp_path / "d.jsonl", [{"id": 1, "input_ids": tiny.trained[0]}] * 2)
-    check_refused(*extract(data=data), "duplicated")
-
-
-@pytest.mark.parametrize("args,words", [
-    (["--prefix-len", 0], ["--prefix-len must be positive"]),
-    (["--suffix-len", -5], ["--suffix-len must be positive"]),
-    (["--prefix-len", 400, "--suffix-len", 200], ["exceeds the model's context of 512"]),
-])
-def test_bad_lengths(extract, args, words):
-    check_refused(*extract(*args), *words)
 
 
 def test_model_folder_that_does_not_load(extract, tmp_path):
@@ -86,7 +51,6 @@ def test_short_examples_are_skipped_and_counted_or_refused_with_strict(extract, 
     result, out = extract(data=data, code=0)
     summary = json.loads(result.stdout)
     assert (summary["n_examples"], summary["n_skipped_short"], summary["n_input_rows"]) == (2, 1, 3)
-    import pyarrow.parquet as pq
     assert pq.read_table(out / "results.parquet")["example_id"].to_pylist() == [0, 2]
     check_refused(*extract("--strict", data=data, out="strict"), "1 examples", "fewer than 100 tokens")
 
@@ -118,3 +82,197 @@ def test_model_the_engine_cannot_run(tiny, tmp_path, cli):
     proc = cli("extract", "--model", model, "--data", tiny.data, "--out", tmp_path / "o", check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith(f"Error: cannot load model {model} with engine vllm")
+
+
+# --- the bad-input matrix: malformed inputs across every command (README: Troubleshooting) ---
+
+
+def parquet(path, columns):
+    pq.write_table(pa.table(columns), path)
+    return path
+
+
+def bad_data(kind, tiny, tmp):
+    """A data file with one kind of damage."""
+    window = tiny.trained[0]
+    if kind == "ids as strings":
+        return parquet(tmp / "d.parquet", {"input_ids": [[str(t) for t in window]]})
+    if kind == "ids as floats":
+        return parquet(tmp / "d.parquet", {"input_ids": [[float(t) for t in window]]})
+    if kind == "ids not lists":
+        return parquet(tmp / "d.parquet", {"input_ids": [5, 6]})
+    if kind == "ids nested":
+        return parquet(tmp / "d.parquet", {"input_ids": [[[t] for t in window]]})
+    if kind == "ids out of vocabulary":
+        return write_jsonl(tmp / "d.jsonl", [{"input_ids": [10**6] * 100}])
+    if kind == "negative ids":
+        return write_jsonl(tmp / "d.jsonl", [{"input_ids": [-1] * 100}])
+    if kind == "text as numbers":
+        return parquet(tmp / "d.parquet", {"text": [5, 7]})
+    if kind == "text as bytes":
+        return parquet(tmp / "d.parquet", {"text": pa.array([b"\xff\xfe in the beginning"], pa.binary())})
+    if kind == "empty strings":
+        return write_jsonl(tmp / "d.jsonl", [{"text": ""}] * 3)
+    if kind == "mixed encodings":
+        (tmp / "d.jsonl").write_bytes('{"text": "caf\u00e9"}\n'.encode() + '{"text": "caf\u00e9"}\n'.encode("latin-1"))
+        return tmp / "d.jsonl"
+    if kind == "latin-1 text":
+        (tmp / "d.txt").write_bytes("In the beginning God cr\u00e9ated\n".encode("latin-1"))
+        return tmp / "d.txt"
+    if kind == "duplicated ids":
+        return write_jsonl(tmp / "d.jsonl", [{"id": 1, "input_ids": window}] * 2)
+    if kind == "ids of mixed types":
+        return write_jsonl(tmp / "d.jsonl", [{"id": 1, "input_ids": window}, {"id": "a", "input_ids": window}])
+    if kind == "broken JSON line":
+        (tmp / "d.jsonl").write_text('{"text": "a"}\n{"text": \n')
+        return tmp / "d.jsonl"
+    if kind == "not Parquet":
+        (tmp / "d.parquet").write_bytes(b"PAR1 this is not a parquet file")
+        return tmp / "d.parquet"
+    if kind == "zero rows":
+        return parquet(tmp / "d.parquet", {"text": pa.array([], pa.string())})
+    if kind == "empty file":
+        (tmp / "d.txt").write_text("")
+        return tmp / "d.txt"
+    if kind == "no text column":
+        return write_jsonl(tmp / "d.jsonl", [{"body": "x"}])
+    if kind == "missing file":
+        return tmp / "nope.jsonl"
+    raise ValueError(kind)
+
+
+DATA_ERRORS = {"ids as strings": "integer token ids", "ids as floats": "integer token ids",
+               "ids not lists": "integer token ids", "ids nested": "integer token ids",
+               "ids out of vocabulary": "vocabulary", "negative ids": "vocabulary", "text as numbers": "non-text",
+               "text as bytes": "non-text", "empty strings": "no example", "mixed encodings": "not valid UTF-8",
+               "latin-1 text": "not valid UTF-8", "duplicated ids": "duplicated", "ids of mixed types": "mixes int, str values",
+               "broken JSON line": "cannot load data", "not Parquet": "not a readable Parquet file", "zero rows": "no examples",
+               "empty file": "no examples", "no text column": "no column 'text'", "missing file": "no such data file"}
+
+
+def data_command(command, tiny, tmp, data, *extra):
+    """The command line of a data-reading command over `data` (`python -m train` ones start with `train`)."""
+    out = tmp / "out"
+    if command == "extract":
+        return ["extract", "--model", tiny.model, "--data", data, "--out", out, *extra]
+    if command == "generate":
+        return ["generate", "--model", tiny.model, "--data", data, "--max-new-tokens", 50, "--out", out, *extra]
+    if command == "features":
+        return ["features", "--teacher", tiny.model, "--baseline", tiny.base, "--data", data, "--out", out, *extra]
+    if command == "filter":
+        ids = list(range(40))
+        x = np.random.default_rng(0).normal(size=(40, 4))
+        feats = write_features(tmp / "feats", ids, x)
+        labels = write_run(tmp / "labels", ids, set(range(10)))
+        invoke_cli("predict", "--features", feats, "--labels", labels, "--trials", 2, "--out", tmp / "pred")
+        return ["filter", "--predictor", tmp / "pred", "--features", feats, "--data", data, "--top-frac", 0.1,
+                "--out", tmp / "kept.jsonl", *extra]
+    if command == "finetune":
+        return ["train", "finetune", "--run", "teacher", "--recipe", RECIPE, "--set", f"data.path={data}",
+                "--set", f"teacher.model={tiny.base}", "--set", f"out={out}", *extra]
+    raise ValueError(command)
+
+
+def bad_result(kind, tiny, tmp):
+    """Result directories of compare / predict / report / distill-hard with one kind of damage."""
+    ids = [f"e{i}" for i in range(12)]
+    teacher, baseline = write_run(tmp / "t", ids, {"e0", "e1"}), write_run(tmp / "b", ids, {"e0"})
+    results = tmp / "t" / "results.parquet"
+    table = pq.read_table(results)
+    if kind == "exact_match as strings":
+        pq.write_table(table.set_column(1, "exact_match", pa.array(["yes"] * 12)), results)
+    elif kind == "duplicated example_ids":
+        pq.write_table(pa.concat_tables([table, table.slice(0, 1)]), results)
+    elif kind == "flipped bytes":
+        flip_byte(results, "token_accuracy")  # a column compare reads
+    elif kind == "manifest not JSON":
+        (tmp / "t" / "manifest.json").write_text("{oops")
+    elif kind == "features as strings":
+        x = np.random.default_rng(0).normal(size=(12, 4))
+        feats = pq.read_table(write_features(tmp / "f", ids, x) + "/features.parquet")
+        pq.write_table(feats.set_column(1, "teacher_ppl", pa.array(["high"] * 12)), tmp / "f" / "features.parquet")
+        return ["predict", "--features", tmp / "f", "--labels", teacher, "--trials", 2, "--out", tmp / "out"]
+    elif kind == "duplicated feature rows":
+        x = np.random.default_rng(0).normal(size=(13, 4))
+        write_features(tmp / "f", ids + ["e0"], x)
+        return ["predict", "--features", tmp / "f", "--labels", teacher, "--trials", 2, "--out", tmp / "out"]
+    elif kind in ("compare.json a list", "compare.json not JSON"):
+        (tmp / "cmp").mkdir()
+        (tmp / "cmp" / "compare.json").write_text("[1, 2]" if kind.endswith("list") else "{oops")
+        return ["report", "--compare", tmp / "cmp", "--out", tmp / "r.html"]
+    elif kind == "corpus ids as strings":
+        (tmp / "corpus").mkdir()
+        parquet(tmp / "corpus" / "results.parquet", {"example_id": ["w0"], "input_ids": [["1", "2"]],
+                                                     "text": ["x"]})
+        (tmp / "corpus" / "summary.json").write_text("{}")
+        return ["train", "distill-hard", "--recipe", RECIPE, "--set", f"hard.corpus={tmp / 'corpus'}", "--set",
+                f"data.path={tiny.data}", "--set", f"student.model={tiny.base}", "--set", f"out={tmp / 'out'}"]
+    else:
+        raise ValueError(kind)
+    return ["compare", "--teacher", teacher, "--baseline", baseline, "--out", tmp / "out"]
+
+
+RESULT_ERRORS = {"exact_match as strings": "exact_match", "duplicated example_ids": "duplicated",
+                 "flipped bytes": "cannot read", "manifest not JSON": "unreadable",
+                 "features as strings": "teacher_ppl", "duplicated feature rows": "duplicated",
+                 "compare.json a list": "not written by evalmem compare", "compare.json not JSON": "cannot read",
+                 "corpus ids as strings": "integer token ids"}
+
+LENGTHS = [  # (command, options, message)
+    ("extract", ["--prefix-len", 10**9], "exceeds the model's context"),
+    ("extract", ["--prefix-len", -3], "--prefix-len must be positive"),
+    ("extract", ["--suffix-len", 0], "--suffix-len must be positive"),
+    ("extract", ["--prefix-len", 400, "--suffix-len", 200], "exceeds the model's context of 512"),
+    ("extract", ["--limit", 0], "Invalid value for '--limit'"),
+    ("extract", ["--shard-size", -5], "Invalid value for '--shard-size'"),
+    ("extract", ["--prefix-len", "fifty"], "'fifty' is not a valid integer"),
+    ("extract", ["--engine", "server", "--concurrency", 0], "Invalid value for '--concurrency'"),
+    ("generate", ["--max-new-tokens", 10**9], "exceeds the model's context"),
+    ("generate", ["--prefix-len", -1], "--prefix-len must be positive"),
+    ("features", ["--suffix-len", 10**9], "exceeds the model's context"),
+    ("features", ["--prefix-len", 0], "--prefix-len must be positive"),
+    ("finetune", ["--set", "data.window_len=1000000000"], "exceeds the context"),
+    ("finetune", ["--set", "data.window_len=-5"], "must be positive"),
+]
+
+MATRIX = (
+    [("extract", kind) for kind in DATA_ERRORS]
+    + [("generate", k) for k in ("ids as floats", "ids out of vocabulary", "empty strings", "duplicated ids")]
+    + [("features", k) for k in ("ids as strings", "negative ids", "mixed encodings", "duplicated ids")]
+    + [("filter", k) for k in ("duplicated ids", "mixed encodings", "not Parquet", "text as numbers")]
+    + [("finetune", k) for k in ("ids as strings", "ids out of vocabulary", "duplicated ids", "empty strings")]
+    + [("result", kind) for kind in RESULT_ERRORS]
+    + [("length", i) for i in range(len(LENGTHS))]
+)
+IN_SUBPROCESS = {("extract", "ids as strings"), ("finetune", "duplicated ids"), ("result", "flipped bytes")}
+
+
+@pytest.mark.parametrize("command, case", MATRIX, ids=[
+    f"{c}-{LENGTHS[k][0]}-{LENGTHS[k][1][0]}={LENGTHS[k][1][-1]}" if c == "length" else f"{c}-{k}"
+    for c, k in MATRIX])
+def test_bad_input_matrix(tiny, tmp_path, command, case):
+    """Every malformed input gets one line `Error: ...` (naming the problem) and exit code 2, in process or
+    (a few) in a real subprocess, and no output that looks complete."""
+    if command == "result":
+        args, message = bad_result(case, tiny, tmp_path), RESULT_ERRORS[case]
+    elif command == "length":
+        command, extra, message = LENGTHS[case]
+        args = data_command(command, tiny, tmp_path, tiny.data, *extra)
+    else:
+        args, message = data_command(command, tiny, tmp_path, bad_data(case, tiny, tmp_path)), DATA_ERRORS[case]
+    group = args[0] == "train"
+    args = args[1:] if group else args
+    if (command, case) in IN_SUBPROCESS:
+        proc = subprocess.run([sys.executable, "-m", "train" if group else "evalmem", *map(str, args)],
+                              capture_output=True, text=True)
+        code, output = proc.returncode, proc.stderr
+    else:
+        from train.cli import main as train_main
+
+        result = invoke_cli(*args, code=2, group=train_main if group else None)
+        code, output = result.exit_code, result.output
+    lines = output.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], output
+    out = tmp_path / "out"
+    assert not any((out / name).exists() for name in ("summary.json", "results.parquet", "features.parquet",
+                                                     "predict.json", "compare.json", "teacher"))

@@ -30,14 +30,15 @@ def runs(tiny, tmp_path_factory):
             ids[PREFIX + j] = (ids[PREFIX + j] + 1) % tiny.tokenizer.vocab_size
         rows.append({"id": name, "input_ids": ids})
     data = write_jsonl(out / "data.jsonl", rows)
-    for mode in MODES:
-        invoke_cli("extract", "--model", tiny.model, "--data", data, "--out", out / mode, "--engine", "hf",
+    runs = {mode: (mode, "hf") for mode in MODES} | {"verify-vllm": ("verify", "vllm")}
+    for name, (mode, engine) in runs.items():
+        invoke_cli("extract", "--model", tiny.model, "--data", data, "--out", out / name, "--engine", engine,
                    "--mode", mode, "--shard-size", 24)
     return {m: {"rows": pq.read_table(out / m / "results.parquet").to_pylist(),
-                "summary": json.loads((out / m / "summary.json").read_text())} for m in MODES} | {"dir": out}
+                "summary": json.loads((out / m / "summary.json").read_text())} for m in runs} | {"dir": out}
 
 
-@pytest.mark.parametrize("mode", ["screen", "verify", "auto"])
+@pytest.mark.parametrize("mode", ["screen", "verify", "auto", "verify-vllm"])
 def test_exact_match_and_match_len_equal_decode(runs, mode):
     decode, rows = runs["decode"]["rows"], runs[mode]["rows"]
     assert [r["example_id"] for r in rows] == [r["example_id"] for r in decode]
@@ -98,10 +99,11 @@ def test_levenshtein_rows_and_bound_against_rapidfuzz():
     assert bound.tolist() == final.tolist()
 
 
-@pytest.mark.parametrize("mode", ["screen", "verify"])
+@pytest.mark.parametrize("mode", ["screen", "verify", "verify-vllm"])
 def test_columns_needing_generated_text_are_null(runs, mode):
     rows, summary = runs[mode]["rows"], runs[mode]["summary"]
-    assert summary["mode"] == mode and summary["engine"] == "hf"
+    assert summary["mode"] == mode.removesuffix("-vllm")
+    assert summary["engine"] == ("vllm" if mode.endswith("vllm") else "hf")
     assert summary["null_columns"] == list(NULL_COLUMNS)
     assert summary["approx_match_rate"] is None and summary["mean_token_accuracy"] is None
     assert summary["n_near_ties"] == sum(r["near_tie"] for r in rows)
@@ -132,7 +134,7 @@ def test_screen_logprobs_are_the_models(runs, tiny):
 
 def test_exact_tie_is_flagged_as_near_tie(tiny, tmp_path, invoke):
     """A model whose output rows for two tokens are identical ties them exactly: every example whose
-    deciding positions include one of them is flagged, in screen and in verify."""
+    deciding positions include one of them is flagged, in screen and in verify (hf and vllm)."""
     from safetensors.torch import load_file, save_file
 
     model = tmp_path / "tied"
@@ -142,12 +144,12 @@ def test_exact_tie_is_flagged_as_near_tie(tiny, tmp_path, invoke):
     twin = (first + 1) % weights["lm_head.weight"].shape[0]
     weights["lm_head.weight"][twin] = weights["lm_head.weight"][first]
     save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
-    for mode in ("screen", "verify"):
-        invoke("extract", "--model", model, "--data", tiny.data, "--limit", 4, "--mode", mode,
-               "--out", tmp_path / mode)
-        rows = pq.read_table(tmp_path / mode / "results.parquet").to_pylist()
-        assert rows[0]["near_tie"], mode
-        assert json.loads((tmp_path / mode / "summary.json").read_text())["n_near_ties"] >= 1
+    for mode, engine in (("screen", "hf"), ("verify", "hf"), ("verify", "vllm")):
+        invoke("extract", "--model", model, "--data", tiny.data, "--limit", 4, "--mode", mode, "--engine", engine,
+               "--out", tmp_path / mode / engine)
+        rows = pq.read_table(tmp_path / mode / engine / "results.parquet").to_pylist()
+        assert rows[0]["near_tie"], (mode, engine)
+        assert json.loads((tmp_path / mode / engine / "summary.json").read_text())["n_near_ties"] >= 1
 
 
 def test_bad_mode_exits_2(tiny, tmp_path, invoke):

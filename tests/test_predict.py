@@ -1,7 +1,6 @@
 """The memorization predictor on synthetic features, and `evalmem predict` / `evalmem filter`."""
 
 import json
-from pathlib import Path
 
 import joblib
 import numpy as np
@@ -9,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import write_jsonl, write_run
+from conftest import write_features, write_jsonl, write_run
 from evalmem.data import load_source
 from evalmem.predict import DEFAULT_FEATURES, fit_predictor
 
@@ -59,19 +58,6 @@ def test_trials_are_reproducible_from_the_seed():
     b, _ = fit_predictor(x, y, DEFAULT_FEATURES, trials=5, neg_ratio=3, test_size=0.3, seed=7)
     c, _ = fit_predictor(x, y, DEFAULT_FEATURES, trials=5, neg_ratio=3, test_size=0.3, seed=8)
     assert a == b and a["resampled"] != c["resampled"]
-
-
-def write_features(path, ids, x, fingerprint="sha256:test-data"):
-    """A hand-built `evalmem features` directory."""
-    path = Path(path)
-    path.mkdir(parents=True)
-    columns = {"example_id": ids, **{name: x[:, i] for i, name in enumerate(DEFAULT_FEATURES)},
-               "min_k_logprob": -x[:, 0]}
-    pq.write_table(pa.table(columns), path / "features.parquet")
-    settings = {"command": "features", "data_fingerprint": fingerprint, "prefix_len": 50, "suffix_len": 50}
-    (path / "manifest.json").write_text(json.dumps({"settings": settings, "versions": {}}))
-    (path / "summary.json").write_text(json.dumps({"n_examples": len(ids)}))
-    return str(path)
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 import yaml
 
-from evalmem.errors import InputError
+from evalmem.errors import InputError, OneLineGroup
 from evalmem.runner import load_tokenizer
 from train.recipe import check_context, load_recipe, training_windows
 
@@ -29,15 +29,20 @@ def recipe_options(f):
     return f
 
 
-def prepare(recipe_path: str, seed: int | None, out: str | None, overrides: tuple[str, ...], run: str):
-    """The recipe with overrides and seed applied, and the checkpoint folder (refused if it exists)."""
+def parse_overrides(overrides: tuple[str, ...]) -> dict:
+    """`--set KEY=VALUE` pairs, values read as YAML."""
     pairs = {}
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep:
             raise InputError(f"--set takes KEY=VALUE, got {item!r}")
         pairs[key.strip()] = yaml.safe_load(value)
-    recipe = load_recipe(recipe_path, pairs)
+    return pairs
+
+
+def prepare(recipe_path: str, seed: int | None, out: str | None, overrides: tuple[str, ...], run: str):
+    """The recipe with overrides and seed applied, and the checkpoint folder (refused if it exists)."""
+    recipe = load_recipe(recipe_path, parse_overrides(overrides))
     if seed is not None:
         recipe["seed"] = seed
     out = Path(out or Path(recipe["out"]) / run.format(seed=recipe["seed"]))
@@ -59,10 +64,26 @@ def model_of(recipe: dict, section: str) -> str:
     return model
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.group(cls=OneLineGroup,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 def main():
     """Train the teacher, baselines and distilled students of a recipe (TRL). Each command writes a plain
     Hugging Face folder that appears only when training has finished."""
+
+
+@main.command("prepare")
+@click.option("--recipe", required=True, type=click.Path(dir_okay=False),
+              help="Recipe YAML with a prepare section (train/recipes/tiny-kjv.yaml, smollm2-kjv.yaml).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a recipe key, e.g. --set prepare.train_windows=64 (repeatable).")
+def prepare_(recipe, overrides):
+    """Build an offline recipe's tokenizer, base models and data locally (prepare.builder): OUT/base/teacher,
+    OUT/base/student, OUT/data/train.jsonl, OUT/data/heldout.jsonl. Skipped when already complete."""
+    from train.prepare import prepare
+
+    recipe = load_recipe(recipe, parse_overrides(overrides))
+    for name, path in prepare(recipe).items():
+        click.echo(f"{name}: {path}")
 
 
 @main.command()

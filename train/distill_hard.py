@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.compute as pc
 
-from evalmem.data import load_rows
+from evalmem.data import check_column_type, load_rows
 from evalmem.errors import InputError
 from train.finetune import finetune
 
@@ -27,6 +27,7 @@ def load_corpus(corpus: str | Path):
     missing = {"example_id", "input_ids"} - set(rows.column_names)
     if missing:
         raise InputError(f"corpus {corpus} has no column {sorted(missing)[0]!r}")
+    check_column_type(f"corpus {corpus}", rows, "input_ids")
     return rows
 
 

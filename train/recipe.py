@@ -2,13 +2,17 @@
 
     out: runs/NAME              # OUT/teacher, OUT/baseline-seedS, OUT/soft, OUT/hard; the corpus in OUT/corpus
     seed: 0
-    data:    {path, config, split, text_column, limit, window_len}
+    prepare: {builder, ...}     # offline recipes: build tokenizer, base models and data (train/prepare.py)
+    data:    {path, config, split, text_column, limit, window_len,
+              heldout, heldout_config, heldout_split, heldout_limit}   # held-out data: utility (perplexity)
     teacher: {model, epochs, lr, scheduler, warmup_steps, weight_decay, batch_size, grad_accum}
     student: {the same keys; used by the baselines and both students}
     soft:    {temperature, teacher}     # teacher: the fine-tuned teacher [default: OUT/teacher]
     hard:    {prefix_len, corpus}       # corpus: `evalmem generate` output [default: OUT/corpus]
+    evaluate: {prefix_len, suffix_len, engine, mode, ...}   # what `evalmem pipeline` measures
 
-Every key has a default below; a key the recipe does not know is refused.
+Every key has a default below; a key the recipe does not know is refused. `{out}` in a string value
+stands for the recipe's `out` (so a recipe can place what it builds inside its output folder).
 """
 
 from __future__ import annotations
@@ -28,16 +32,25 @@ TRAINING = {"model": None, "epochs": 4.0, "lr": 5e-5, "scheduler": "cosine", "wa
 DEFAULTS = {
     "out": None,
     "seed": 0,
+    "prepare": {"builder": None, "train_windows": 512, "heldout_windows": 128, "vocab_size": 2048,
+                "pretrain_tokens": 200_000, "pretrain_lr": 3e-3,
+                "teacher": {"hidden": 256, "layers": 4, "heads": 4},
+                "student": {"hidden": 128, "layers": 2, "heads": 2}},
     "data": {"path": None, "config": None, "split": "train", "text_column": "text", "limit": None,
-             "window_len": 256},
+             "window_len": 256, "heldout": None, "heldout_config": None, "heldout_split": "train",
+             "heldout_limit": None},
     "teacher": TRAINING,
     "student": TRAINING,
     "soft": {"temperature": 2.0, "teacher": None},
     "hard": {"prefix_len": 50, "corpus": None},
+    "evaluate": {"prefix_len": 50, "suffix_len": 50, "engine": "vllm", "mode": "decode", "dtype": "auto",
+                 "tensor_parallel_size": 1,
+                 "baseline_seeds": 3, "predict_student": "soft", "trials": 100, "neg_ratio": 3.0,
+                 "test_size": 0.3},
 }
 REQUIRED = ("out", "data.path")
-NULLABLE_TYPES = {"limit": int}  # keys whose default is None and that are not strings
-NON_NEGATIVE = {"seed", "warmup_steps", "weight_decay"}  # every other number must be positive
+NULLABLE_TYPES = {"limit": int, "heldout_limit": int}  # keys whose default is None and that are not strings
+NON_NEGATIVE = {"seed", "warmup_steps", "weight_decay", "pretrain_tokens"}  # every other number must be positive
 TOKENIZE_CHUNK = 10_000  # rows tokenized at once (long documents: only their first window is kept)
 
 
@@ -60,7 +73,13 @@ def load_recipe(path: str | Path, overrides: dict[str, object] | None = None) ->
     for key in REQUIRED:
         if _get(recipe, key) is None:
             raise InputError(f"recipe {path} does not set {key}")
-    return recipe
+    return _place(recipe, str(recipe["out"]))
+
+
+def _place(section: dict, out: str) -> dict:
+    """Replace `{out}` in every string value by the recipe's `out`."""
+    return {k: _place(v, out) if isinstance(v, dict) else v.replace("{out}", out) if isinstance(v, str) else v
+            for k, v in section.items()}
 
 
 def _merge(defaults: dict, given: dict, source: str, where: str) -> dict:

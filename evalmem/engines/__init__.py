@@ -3,8 +3,14 @@
     engine.generate(prompts, max_new_tokens, temperature=0.0, top_p=1.0, seed=None) -> list[list[int]]
 
 `prompts` is a list of token-id lists; greedy when temperature == 0; never stops early at EOS.
-Backends: `vllm` (offline `LLM`, the default), `hf` (transformers `generate`, the reference) and `ray`
-(Ray Data with vLLM replicas, for clusters; the optional extra `ray`).
+Engines that can also verify (extract --mode verify) have
+
+    engine.verify(prefix (n, P) int array, suffix (n, L) int array) -> {"match_len": (n,), "near_tie": (n,)}
+
+greedy decoding that stops at each example's first mismatch with its suffix (`evalmem.screen`).
+Backends: `vllm` (offline `LLM`, the default), `hf` (transformers `generate`, the reference), `server`
+(a running vLLM OpenAI-compatible server, `--base-url`) and `ray` (Ray Data with vLLM replicas, for
+clusters; the optional extra `ray`).
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from typing import Protocol
 
 from evalmem.errors import InputError, first_line
 
-ENGINES = ("vllm", "hf", "ray")
+ENGINES = ("vllm", "hf", "server", "ray")
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,10 @@ class EngineOptions:
     max_num_seqs: int = 512
     batch_size: int = 256
     seed: int = 0
+    base_url: str | None = None  # server only: http://HOST:PORT/v1, the API key, requests in flight, seconds each
+    api_key: str | None = None
+    concurrency: int = 64
+    request_timeout: float = 600.0
 
 
 class Engine(Protocol):
@@ -78,7 +88,10 @@ _loaded: dict = {}  # the last engine built, reused while the same model and opt
 def load_engine(name: str, options: EngineOptions) -> Engine:
     """Build the engine `name` for `options.model`, or reuse the last one built for the same model
     folder and options (one engine at a time: a new one replaces it); a one-line error if the
-    model does not load."""
+    model does not load. A server engine holds no model here: it is built afresh (checking the server
+    again) and leaves the cached engine alone."""
+    if name == "server":
+        return _build(name, options)
     key = (name, options, model_fingerprint(options.model))
     if key not in _loaded:
         _loaded.clear()
@@ -92,6 +105,8 @@ def _build(name: str, options: EngineOptions) -> Engine:
         from evalmem.engines.vllm_engine import VLLMEngine as cls
     elif name == "hf":
         from evalmem.engines.hf_engine import HFEngine as cls
+    elif name == "server":
+        from evalmem.engines.server_engine import ServerEngine as cls
     elif name == "ray":
         from evalmem.engines.ray_engine import RayEngine as cls
     else:

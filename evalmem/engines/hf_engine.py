@@ -36,6 +36,12 @@ class HFEngine:
             out.extend(ids[:, batch.shape[1]:].tolist())
         return out
 
+    def verify(self, prefix, suffix):
+        """Early-exit greedy decoding against the true suffix: `evalmem.screen.verify`."""
+        from evalmem.screen import verify
+
+        return verify(self.model, prefix, suffix, self.batch_size)
+
 
 _TORCH_DTYPES = {"float32": "float32", "float": "float32", "bfloat16": "bfloat16",
                  "float16": "float16", "half": "float16"}

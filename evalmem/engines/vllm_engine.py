@@ -1,17 +1,23 @@
 """The default engine: vLLM offline (`LLM` + `TokensPrompt`), greedy, no stop at EOS.
 
-CPU defaults were chosen by measurement (ENVIRONMENT.md, scripts/bench_extract.py): the engine core
-runs in this process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`), eager mode, up to 512 sequences at once
-and a KV cache sized to the job instead of a fraction of host memory.
+CPU defaults were chosen by measurement (README "Speed", scripts/bench.py): the engine core runs in this
+process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`), eager mode, up to 512 sequences at once and a KV cache
+sized to the job instead of a fraction of host memory.
+
+`verify` (extract --mode verify) is early-exit greedy decoding inside vLLM: a v1 logits processor,
+`SuffixCheck`, reads each request's expected suffix from `SamplingParams.extra_args` and ends the
+request at its first mismatch by forcing one of the request's stop tokens.
 """
 
 from __future__ import annotations
 
 import os
 
+import numpy as np
 import torch
 
 from evalmem.engines import EngineOptions, model_config
+from evalmem.screen import decide, near_tie_tolerance
 
 ON_CPU = not torch.cuda.is_available()
 if ON_CPU:
@@ -20,6 +26,12 @@ os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # its CPU start-up warning
 
 from vllm import LLM, SamplingParams  # noqa: E402
 from vllm.inputs import TokensPrompt  # noqa: E402
+from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor  # noqa: E402
+from vllm.v1.sample.logits_processor.builtin import process_dict_updates  # noqa: E402
+
+SUFFIX_KEY = "evalmem_suffix"  # SamplingParams.extra_args keys read by SuffixCheck
+MARKS_KEY = "evalmem_marks"
+MISS, MISS_TIE, EXACT_TIE = range(3)  # the meaning of a request's three stop tokens (marks)
 
 
 class VLLMEngine:
@@ -28,7 +40,9 @@ class VLLMEngine:
     def __init__(self, options: EngineOptions):
         kwargs = dict(model=options.model, dtype=options.dtype,
                       tensor_parallel_size=options.tensor_parallel_size, seed=options.seed,
-                      max_num_seqs=options.max_num_seqs, max_model_len=options.max_model_len)
+                      max_num_seqs=options.max_num_seqs, max_model_len=options.max_model_len,
+                      logits_processors=[SuffixCheck],
+                      enable_chunked_prefill=False)  # SuffixCheck reads every sampled row as a real step
         if options.kv_cache_gb is not None:
             kwargs["kv_cache_memory_bytes"] = int(options.kv_cache_gb * 2**30)
         elif ON_CPU:
@@ -45,14 +59,99 @@ class VLLMEngine:
         outputs = self.llm.generate(requests, params, use_tqdm=False)
         return [list(o.outputs[0].token_ids) for o in outputs]
 
+    def verify(self, prefix: np.ndarray, suffix: np.ndarray) -> dict[str, np.ndarray]:
+        """Early-exit greedy decoding of prefix (n, P) against suffix (n, L): match_len and near_tie,
+        as `evalmem.screen.verify` defines them."""
+        length = suffix.shape[1]
+        marks = [stop_marks(s) for s in suffix.tolist()]
+        params = [SamplingParams(temperature=0.0, max_tokens=length, ignore_eos=True, detokenize=False,
+                                 stop_token_ids=m, extra_args={SUFFIX_KEY: s, MARKS_KEY: m})
+                  for s, m in zip(suffix.tolist(), marks)]
+        requests = [TokensPrompt(prompt_token_ids=p) for p in prefix.tolist()]
+        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        match_len, near_tie = np.zeros(len(outputs), np.int64), np.zeros(len(outputs), bool)
+        for i, (out, m) in enumerate(zip(outputs, marks)):
+            tokens, stop = out.outputs[0].token_ids, out.outputs[0].stop_reason
+            match_len[i] = length if stop in (None, m[EXACT_TIE]) else len(tokens) - 1
+            near_tie[i] = stop in (m[MISS_TIE], m[EXACT_TIE])
+        return {"match_len": match_len, "near_tie": near_tie}
+
+
+def stop_marks(suffix: list[int]) -> list[int]:
+    """Three token ids that do not occur in `suffix`: the stop tokens SuffixCheck forces."""
+    present = set(suffix)
+    marks = []
+    token = 0
+    while len(marks) < 3:
+        if token not in present:
+            marks.append(token)
+        token += 1
+    return marks
+
+
+class SuffixCheck(LogitsProcessor):
+    """Ends a greedy request at the first step whose arg-max is not its expected suffix token.
+
+    A request takes part when its `extra_args` hold `evalmem_suffix` (the expected tokens) and
+    `evalmem_marks` (three stop tokens absent from them). At step j (j tokens generated) the row's
+    arg-max is compared with suffix[j] (`evalmem.screen.decide`): on a mismatch the row is forced to
+    mark MISS (MISS_TIE if any decisive logit gap so far was a near tie), so the output holds the
+    match_len matched tokens and the mark; a full match ends by length (EXACT_TIE forced in place of
+    the last token when a near tie occurred). Rows of other requests are left alone."""
+
+    def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool):
+        self.device = device
+        self.tolerance = near_tie_tolerance(vllm_config.model_config.dtype)
+        self.requests: dict[int, list] = {}  # batch row -> [suffix, marks, output ids (live), tied]
+
+    @classmethod
+    def validate_params(cls, params: SamplingParams):
+        args = params.extra_args or {}
+        if SUFFIX_KEY in args and (params.temperature != 0 or len(args.get(MARKS_KEY, ())) != 3):
+            raise ValueError(f"{SUFFIX_KEY} needs temperature 0 and three {MARKS_KEY}")
+
+    def is_argmax_invariant(self) -> bool:
+        return False
+
+    def update_state(self, batch_update: BatchUpdate | None):
+        def new(params, _prompt, output_ids):
+            args = params.extra_args or {}
+            return [args[SUFFIX_KEY], args[MARKS_KEY], output_ids, False] if SUFFIX_KEY in args else None
+
+        process_dict_updates(self.requests, batch_update, new)
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        if not self.requests:
+            return logits
+        rows = [row for row, (suffix, _, out, _) in self.requests.items() if len(out) < len(suffix)]
+        if not rows:
+            return logits
+        states = [self.requests[row] for row in rows]
+        expected = torch.tensor([s[0][len(s[2])] for s in states], device=logits.device)
+        hit, gap, _ = decide(logits[torch.tensor(rows, device=logits.device)], expected)
+        for row, state, h, near in zip(rows, states, hit.tolist(), (gap < self.tolerance).tolist()):
+            suffix, marks, out, tied = state
+            tied = state[3] = tied or near
+            last = len(out) == len(suffix) - 1
+            mark = marks[MISS_TIE if tied else MISS] if not h else marks[EXACT_TIE] if last and tied else None
+            if mark is not None:
+                logits[row] = float("-inf")
+                logits[row, mark] = 0.0
+        return logits
+
+
+CPU_BLOCK = 128  # vLLM's CPU KV-cache block size (tokens): a sequence holds whole blocks
+
 
 def cpu_kv_cache_bytes(options: EngineOptions) -> int:
-    """Enough KV cache for `max_num_seqs` full-length sequences (+20%), between 64 MiB and 8 GiB."""
+    """Enough KV cache for `max_num_seqs` full-length sequences in whole blocks (+20%), between 64 MiB and
+    8 GiB (without the block rounding, 100-token windows got 480 of 512 sequences at once)."""
     config = model_config(options.model).get_text_config()
     heads = config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     dtype_bytes = 2 if options.dtype in ("bfloat16", "float16", "half") else 4
     per_token = 2 * config.num_hidden_layers * kv_heads * head_dim * dtype_bytes
-    need = int(1.2 * options.max_num_seqs * (options.max_model_len or 2048) * per_token)
+    blocks = -(-(options.max_model_len or 2048) // CPU_BLOCK)
+    need = int(1.2 * options.max_num_seqs * blocks * CPU_BLOCK * per_token)
     return min(max(need, 64 << 20), 8 << 30)

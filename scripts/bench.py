@@ -1,0 +1,254 @@
+"""Benchmark every way evalmem can measure extraction against the plain alternatives, in one process.
+
+For each model size and N it runs, on the same model and the same N real KJV windows (prefix + suffix):
+    generate      a plain transformers batched `generate` loop (how the Pythia and MIMIR scripts do it)
+    vllm          raw `vllm.LLM.generate`, evalmem's CPU engine settings, nothing else
+    decode        `evalmem extract --mode decode` (vLLM)
+    screen        `evalmem extract --mode screen` (one teacher-forced torch pass)
+    verify-hf     `evalmem extract --mode verify --engine hf` (torch loop, KV cache, finished rows dropped)
+    verify        `evalmem extract --mode verify` (vLLM, a logits processor ends requests at a mismatch)
+and prints one Markdown table: examples/s, tokens/s (the tokens the column must process), seconds
+(start-up apart; 0 where a column reuses the previous column's engine), peak RSS of the process, the
+ratio to `generate`, and the ratio to the FLOP bound. FLOP bound = 2 x matmul parameters (all but the
+input embedding table) x tokens / this machine's measured fp32 matmul rate, with tokens = prefix + suffix
+for the decoding columns and prefix + match_len + 1 for screen and verify (what exact match and match_len
+need at least; screen itself processes prefix + suffix - 1).
+
+The models are built here, once, under --work: a Llama per size with a tokenizer trained on KJV, fine-tuned
+briefly (TRL) on 32 of the windows so that those are memorized and the rest mostly not.
+
+    .venv/bin/python scripts/bench.py --sizes 9m 40m --n 1000 4000 16000 [--columns ...] [--work DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pyarrow.parquet as pq
+import torch
+
+from evalmem.cli import main as evalmem_main
+from evalmem.tiny import build_model, kjv_verses, train_tokenizer, write_jsonl
+
+SIZES = {"9m": dict(hidden=256, layers=5, heads=4), "40m": dict(hidden=512, layers=8, heads=8)}
+COLUMNS = ("generate", "vllm", "decode", "screen", "verify-hf", "verify")
+TRAINED = 32  # windows the model is fine-tuned on (memorized), spread over the first 1,000
+
+
+def matmul_flops_per_second(n: int = 1024, repeats: int = 20) -> float:
+    """This machine's fp32 matmul rate, the yardstick of the FLOP bound."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n**3 * repeats / (time.perf_counter() - start)
+
+
+def kjv_windows(tokenizer, length: int, count: int) -> np.ndarray:
+    """`count` windows of `length` tokens from the KJV token stream (verses joined by EOS), evenly spaced:
+    disjoint while the text suffices, overlapping beyond that (16k windows of 100 tokens need ~1.6M)."""
+    stream: list[int] = []
+    for ids in tokenizer(kjv_verses(), add_special_tokens=False)["input_ids"]:
+        stream.extend(ids + [tokenizer.eos_token_id])
+    stride = min(length, (len(stream) - length) // max(count - 1, 1))
+    return np.array([stream[i * stride:i * stride + length] for i in range(count)], dtype=np.int64)
+
+
+def build(work: Path, size: str, length: int, count: int, epochs: int) -> tuple[str, np.ndarray]:
+    """The fine-tuned model of `size` and `count` windows, built once under `work`."""
+    from transformers import AutoTokenizer
+
+    from train.finetune import finetune
+
+    root = work / size
+    if not (root / "tokenizer").exists():
+        train_tokenizer(kjv_verses()[:20000], root / "tokenizer", vocab_size=8192)
+    cached = root / f"windows-{length}x{count}.npy"
+    if not cached.exists():
+        np.save(cached, kjv_windows(AutoTokenizer.from_pretrained(root / "tokenizer"), length, count))
+    windows = np.load(cached)
+    model = root / f"finetuned-{epochs}ep"
+    if not model.exists():
+        build_model(root / "base", AutoTokenizer.from_pretrained(root / "tokenizer"), max_len=512, **SIZES[size])
+        trained = windows[np.linspace(0, min(count, 1000) - 1, TRAINED).astype(int)]
+        finetune(str(root / "base"), trained.tolist(), model, epochs=epochs, lr=2e-3, batch_size=8,
+                 scheduler="constant")
+    return str(model), windows
+
+
+def matmul_params(model_dir: str) -> int:
+    """Parameters used in matrix products: all but the input embedding table."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    return sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
+
+
+class PeakRSS:
+    """Peak resident memory of this process while the block runs (sampled every 20 ms)."""
+
+    def __enter__(self):
+        self.peak, self._stop = psutil.Process().memory_info().rss, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        process = psutil.Process()
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, process.memory_info().rss)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def run_generate(model: str, windows: np.ndarray, prefix_len: int, args) -> dict:
+    """The plain transformers loop: batched `generate`, greedy, exactly suffix-len new tokens."""
+    from transformers import AutoModelForCausalLM
+
+    start = time.perf_counter()
+    lm = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, args.dtype)).eval()
+    startup = time.perf_counter() - start
+    suffix_len = windows.shape[1] - prefix_len
+    start, generated = time.perf_counter(), []
+    with torch.inference_mode():
+        for i in range(0, len(windows), args.hf_batch_size):
+            batch = torch.from_numpy(windows[i:i + args.hf_batch_size, :prefix_len])
+            out = lm.generate(batch, attention_mask=torch.ones_like(batch), max_new_tokens=suffix_len,
+                              min_new_tokens=suffix_len, do_sample=False, pad_token_id=0)
+            generated.append(out[:, prefix_len:].numpy())
+    exact = (np.concatenate(generated) == windows[:, prefix_len:]).all(1)
+    return {"seconds": time.perf_counter() - start, "startup": startup, "exact": int(exact.sum())}
+
+
+def run_vllm(model: str, windows: np.ndarray, prefix_len: int, args) -> dict:
+    """Raw `vllm.LLM.generate` with the CPU engine settings evalmem uses (a bare engine: no logits
+    processor), greedy, ignore_eos, exactly suffix-len new tokens."""
+    from evalmem.engines import EngineOptions
+    from evalmem.engines.vllm_engine import ON_CPU, cpu_kv_cache_bytes
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    length = windows.shape[1]
+    options = EngineOptions(model=model, dtype=args.dtype, max_model_len=length, max_num_seqs=args.max_num_seqs)
+    cpu = dict(enforce_eager=True, kv_cache_memory_bytes=cpu_kv_cache_bytes(options)) if ON_CPU else {}
+    start = time.perf_counter()
+    llm = LLM(model=model, dtype=args.dtype, max_model_len=length, max_num_seqs=args.max_num_seqs, **cpu)
+    startup = time.perf_counter() - start
+    params = SamplingParams(temperature=0, max_tokens=length - prefix_len, ignore_eos=True, detokenize=False)
+    prompts = [TokensPrompt(prompt_token_ids=w) for w in windows[:, :prefix_len].tolist()]
+    start = time.perf_counter()
+    outputs = llm.generate(prompts, params, use_tqdm=False)
+    seconds = time.perf_counter() - start
+    exact = sum(list(o.outputs[0].token_ids) == w for o, w in zip(outputs, windows[:, prefix_len:].tolist()))
+    del llm
+    return {"seconds": seconds, "startup": startup, "exact": int(exact)}
+
+
+def run_evalmem(mode: str, engine: str, model: str, data: Path, out: Path, prefix_len: int, suffix_len: int,
+                args) -> dict:
+    """`evalmem extract` in this process; its summary's seconds exclude the engine start-up."""
+    with contextlib.redirect_stdout(io.StringIO()):  # the summary it prints; read from summary.json below
+        evalmem_main(["extract", "--model", model, "--data", str(data), "--out", str(out), "--mode", mode,
+                      "--engine", engine, "--prefix-len", str(prefix_len), "--suffix-len", str(suffix_len),
+                      "--shard-size", "1000000", "--dtype", args.dtype, "--batch-size", str(args.batch_size),
+                      "--max-num-seqs", str(args.max_num_seqs)], standalone_mode=False)
+    summary = json.loads((out / "summary.json").read_text())
+    match_len = pq.read_table(out / "results.parquet", columns=["match_len"])["match_len"].to_numpy()
+    return {"seconds": summary["seconds"], "startup": summary["startup_seconds"],
+            "exact": summary["exact_match_count"], "match_len": match_len}
+
+
+def bench(size: str, n: int, args, rate: float) -> list[dict]:
+    """Every column on one model size and N windows."""
+    length = args.prefix_len + args.suffix_len
+    model, windows = build(args.work, size, length, max(args.n), args.epochs)
+    windows = windows[:n]
+    data = write_jsonl(args.work / f"{size}-{n}.jsonl", [{"input_ids": w} for w in windows.tolist()])
+    params = matmul_params(model)
+    out = Path(tempfile.mkdtemp(prefix=f"bench-{size}-{n}-"))
+    runners = {
+        "generate": lambda: run_generate(model, windows, args.prefix_len, args),
+        "vllm": lambda: run_vllm(model, windows, args.prefix_len, args),
+        "decode": lambda: run_evalmem("decode", "vllm", model, data, out / "decode", args.prefix_len,
+                                      args.suffix_len, args),
+        "screen": lambda: run_evalmem("screen", "hf", model, data, out / "screen", args.prefix_len,
+                                      args.suffix_len, args),
+        "verify-hf": lambda: run_evalmem("verify", "hf", model, data, out / "verify-hf", args.prefix_len,
+                                         args.suffix_len, args),
+        "verify": lambda: run_evalmem("verify", "vllm", model, data, out / "verify", args.prefix_len,
+                                      args.suffix_len, args),
+    }
+    results = {}
+    for column in sorted(args.columns, key=RUN_ORDER.index):
+        with PeakRSS() as rss:
+            results[column] = runners[column]()
+        results[column]["peak_rss"] = rss.peak
+        print(f"  {size} N={n} {column}: {results[column]['seconds']:.1f} s", flush=True)
+    match_len = next((r["match_len"] for r in results.values() if "match_len" in r), None)
+    rows = []
+    for column in args.columns:
+        r = results[column]
+        decoding = column in ("generate", "vllm", "decode")
+        # tokens the column must process at least: the whole window to decode it, prefix + match_len + 1
+        # to decide exact match and match_len
+        task_tokens = n * length if decoding or match_len is None else int((args.prefix_len + match_len + 1).sum())
+        rows.append({"model": f"{size} ({params / 1e6:.1f}M matmul)", "n": n, "column": column,
+                     "examples_per_s": n / r["seconds"], "tokens_per_s": task_tokens / r["seconds"],
+                     "seconds": r["seconds"], "startup": r["startup"], "peak_rss_gb": r["peak_rss"] / 2**30,
+                     "vs_generate": results["generate"]["seconds"] / r["seconds"] if "generate" in results
+                     else None, "vs_bound": r["seconds"] / (2 * params * task_tokens / rate),
+                     "exact": r["exact"]})
+    return rows
+
+
+RUN_ORDER = ("generate", "screen", "verify-hf", "vllm", "decode", "verify")  # torch before vLLM binds threads
+
+
+def markdown(rows: list[dict]) -> str:
+    head = ("| model | N | column | examples/s | tokens/s | seconds | start-up | peak RSS | vs generate "
+            "| vs FLOP bound | exact |\n|---|---|---|---|---|---|---|---|---|---|---|")
+    lines = [f"| {r['model']} | {r['n']} | {r['column']} | {r['examples_per_s']:.1f} | {r['tokens_per_s']:,.0f} "
+             f"| {r['seconds']:.1f} | {r['startup']:.1f} s | {r['peak_rss_gb']:.2f} GB | "
+             + (f"{r['vs_generate']:.2f}x" if r["vs_generate"] else "-")
+             + f" | {r['vs_bound']:.2f}x | {r['exact']} |" for r in rows]
+    return "\n".join([head, *lines])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", nargs="+", choices=list(SIZES), default=["9m", "40m"])
+    parser.add_argument("--n", type=int, nargs="+", default=[1000, 4000, 16000], help="examples per row")
+    parser.add_argument("--columns", nargs="+", choices=COLUMNS, default=list(COLUMNS))
+    parser.add_argument("--prefix-len", type=int, default=50)
+    parser.add_argument("--suffix-len", type=int, default=50)
+    parser.add_argument("--dtype", default="float32", help="every column's dtype (the FLOP bound stays fp32's)")
+    parser.add_argument("--hf-batch-size", type=int, default=256, help="batch of the transformers generate loop")
+    parser.add_argument("--batch-size", type=int, default=64, help="windows per torch pass (screen, verify-hf)")
+    parser.add_argument("--max-num-seqs", type=int, default=512, help="vLLM columns")
+    parser.add_argument("--epochs", type=int, default=60, help="fine-tuning epochs on the 32 memorized windows")
+    parser.add_argument("--work", type=Path, default=Path("runs/bench"), help="models and data, built once")
+    args = parser.parse_args()
+
+    rate = matmul_flops_per_second()
+    print(f"fp32 matmul rate {rate / 1e9:.0f} GFLOP/s; torch threads {torch.get_num_threads()}; "
+          f"load average {os.getloadavg()[0]:.1f}", flush=True)
+    rows = [row for size in args.sizes for n in args.n for row in bench(size, n, args, rate)]
+    print(f"\nload average at the end {os.getloadavg()[0]:.1f}\n")
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()

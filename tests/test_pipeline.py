@@ -1,0 +1,109 @@
+"""`evalmem pipeline` on a minute-scale version of the offline default recipe (tiny-kjv): every stage runs
+for real (TRL training, extraction, features, predictor, report), a kill -9 in the middle is continued
+from the last finished stage, and bad recipes are refused."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+RECIPE = Path(__file__).resolve().parents[1] / "train" / "recipes" / "tiny-kjv.yaml"
+
+
+@pytest.fixture(scope="module")
+def minute_scale(tiny, tmp_path_factory):
+    """tiny-kjv's settings on the session's tiny models: the memorizing Llama as the teacher's base (so the
+    teacher memorizes the 32 trained windows and not the 32 unseen ones), a smaller student, one epoch each."""
+    from evalmem.tiny import build_model
+
+    student = build_model(tmp_path_factory.mktemp("pipeline") / "student", tiny.tokenizer, hidden=64, layers=1,
+                          heads=2, seed=1)
+    return {"prepare.builder": None, "data.path": tiny.data, "data.heldout": tiny.data, "teacher.model": tiny.model,
+            "teacher.epochs": 1, "teacher.lr": 1e-5, "student.model": student, "student.epochs": 1,
+            "evaluate.engine": "hf", "evaluate.baseline_seeds": 2, "evaluate.trials": 5,
+            "evaluate.predict_student": "teacher"}
+
+
+def pipeline_args(out, settings, **changes):
+    sets = [x for k, v in {**settings, **changes}.items() for x in ("--set", f"{k}={'null' if v is None else v}")]
+    return ["pipeline", "--recipe", RECIPE, "--out", out, *sets]
+
+
+def test_pipeline_runs_every_stage_and_continues_after_kill(minute_scale, tmp_path, cli):
+    from evalmem.pipeline import stages
+
+    out = tmp_path / "exp"
+    proc = subprocess.Popen([sys.executable, "-m", "evalmem", *map(str, pipeline_args(out, minute_scale))],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 600
+    while not (out / "teacher").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the pipeline and the stage it is running
+    proc.wait()
+    assert (out / "teacher").exists() and not (out / "report.html").exists()
+    teacher_weights = (out / "teacher" / "model.safetensors").stat().st_mtime_ns
+
+    result = cli(*pipeline_args(out, minute_scale))
+    record = json.loads((out / "pipeline.json").read_text())
+    recipe = yaml.safe_load((out / "recipe.yaml").read_text())
+    expected = [s.name for s in stages(recipe, out / "recipe.yaml")] + ["report"]
+    assert list(record) == expected
+    assert record["teacher"]["status"] == "done", "finished stages are skipped"
+    assert all(record[name]["status"] == "ran" for name in expected[1:]), record
+    assert (out / "teacher" / "model.safetensors").stat().st_mtime_ns == teacher_weights
+    for stage in stages(recipe, out / "recipe.yaml"):
+        assert stage.done.exists(), stage.name
+
+    summary = json.loads((out / "extract" / "teacher" / "summary.json").read_text())
+    assert 28 <= summary["exact_match_count"] <= 32 and summary["n_examples"] == 64, "it kept the trained windows"
+    page = (out / "report.html").read_text()
+    assert page.rindex("Summary (the paper") > page.rindex("<img"), "the report ends with the paper's table"
+    for name in ("teacher", "baseline-seed0", "baseline-seed1", "soft", "hard"):
+        assert f"<tr><td>{name}</td>" in page
+    assert "predictor ROC-AUC" in page and "held-out perplexity" in page
+    utility = json.loads((out / "utility.json").read_text())
+    assert set(utility["models"]) == {"teacher", "baseline-seed0", "baseline-seed1", "soft", "hard"}
+    assert "| teacher | teacher |" in result.stdout and "| total |" in result.stdout
+
+    again = cli(*pipeline_args(out, minute_scale))  # a finished pipeline does no work
+    assert all(e["status"] == "done" for e in json.loads((out / "pipeline.json").read_text()).values())
+    assert again.stdout.split("### Summary")[1] == result.stdout.split("### Summary")[1]
+
+
+def test_prepare_builds_tokenizer_models_and_disjoint_windows(tmp_path):
+    """tiny-kjv's first stage: a tokenizer, two pre-trained Llamas that load, disjoint windows (seeded)."""
+    from transformers import AutoModelForCausalLM
+
+    from conftest import invoke_cli
+    from train.cli import main as train_main
+
+    sizes = {"out": tmp_path, "prepare.train_windows": 16, "prepare.heldout_windows": 4,
+             "prepare.pretrain_tokens": 1000, "prepare.teacher.hidden": 64, "prepare.teacher.heads": 2,
+             "prepare.teacher.layers": 1, "prepare.student.hidden": 64, "prepare.student.layers": 1}
+    invoke_cli("prepare", "--recipe", RECIPE, *[x for k, v in sizes.items() for x in ("--set", f"{k}={v}")],
+               group=train_main)
+    train = [json.loads(line) for line in (tmp_path / "data" / "train.jsonl").read_text().splitlines()]
+    heldout = [json.loads(line) for line in (tmp_path / "data" / "heldout.jsonl").read_text().splitlines()]
+    assert (len(train), len(heldout)) == (16, 4)
+    assert not {r["id"] for r in train} & {r["id"] for r in heldout}
+    assert all(len(r["input_ids"]) == 100 for r in train + heldout)
+    for role, layers in (("teacher", 1), ("student", 1)):
+        model = AutoModelForCausalLM.from_pretrained(tmp_path / "base" / role)
+        assert model.config.num_hidden_layers == layers and model.config.vocab_size == 2048
+    assert json.loads((tmp_path / "base" / "prepared.json").read_text())["train_windows"] == 16
+
+
+def test_bad_recipes_are_refused(minute_scale, tmp_path, invoke):
+    result = invoke(*pipeline_args(tmp_path / "a", minute_scale, **{"teacher.colour": "blue"}), code=2)
+    assert "unknown recipe key teacher.colour" in result.output and result.output.count("\n") == 1
+    result = invoke(*pipeline_args(tmp_path / "b", minute_scale, **{"prepare.builder": "nonsense"}), code=1)
+    assert "stage prepare failed: Error: unknown prepare.builder 'nonsense'" in result.output
+    assert not (tmp_path / "b" / "base" / "prepared.json").exists()
+    result = invoke(*pipeline_args(tmp_path / "b", minute_scale, **{"teacher.epochs": 3}), code=2)
+    assert "holds a pipeline run with other settings (prepare, teacher)" in result.output
