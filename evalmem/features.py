@@ -29,11 +29,11 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
+from evalmem import runner
 from evalmem.data import check_vocabulary, cut_windows, load_source, token_lists
 from evalmem.engines import context_length, model_config
 from evalmem.errors import InputError, first_line
 from evalmem.predict import FEATURES
-from evalmem import runner
 from evalmem.runner import LazyEngine, load_tokenizer, open_job, resolve_dtype
 from evalmem.store import write_json
 

@@ -56,8 +56,8 @@ def resolve(recipe_path: str, out: str, overrides: dict) -> tuple[dict, Path]:
     recipe = load_recipe(recipe_path, {**overrides, "out": out})
     saved = Path(out) / "recipe.yaml"
     text = yaml.safe_dump(recipe, sort_keys=False)
-    if saved.exists() and yaml.safe_load(saved.read_text()) != recipe:
-        old = yaml.safe_load(saved.read_text()) or {}
+    old = (yaml.safe_load(saved.read_text()) or {}) if saved.exists() else recipe
+    if old != recipe:
         diff = sorted(k for k in set(old) | set(recipe) if old.get(k) != recipe.get(k))
         raise InputError(f"{out} holds a pipeline run with other settings ({', '.join(diff)}); use another --out "
                          "or the same recipe and --set values to continue it")
@@ -147,6 +147,11 @@ def run_stage(stage: Stage, logs: Path) -> tuple[str, float]:
     return f"failed: {reason}", seconds
 
 
+def predicted(record: dict) -> bool:
+    """Whether the predict stage produced a predictor (it is optional)."""
+    return record["predict"]["status"] in ("ran", "done")
+
+
 def pipeline_run(recipe_path: str, out: str, overrides: dict) -> tuple[dict, dict]:
     """Run (or continue) the pipeline; return the resolved recipe and each stage's status and seconds
     (a stage finished by an earlier invocation keeps the time it took then)."""
@@ -157,10 +162,9 @@ def pipeline_run(recipe_path: str, out: str, overrides: dict) -> tuple[dict, dic
     earlier = json.loads(record_path.read_text()) if record_path.exists() else {}
     todo = stages(recipe, recipe_file)
     record: dict[str, dict] = {}
-    for i in range(len(todo) + 1):
-        stage = todo[i] if i < len(todo) else \
-            report_stage(recipe, record["predict"]["status"] in ("ran", "done"))
-        click.echo(f"[{i + 1:2d}/{len(todo) + 1}] {stage.name}", err=True)
+
+    def step(number: int, stage: Stage) -> None:
+        click.echo(f"[{number:2d}/{len(todo) + 1}] {stage.name}", err=True)
         if stage.done.exists():
             entry = {**earlier.get(stage.name, {"seconds": 0.0}), "status": "done"}
         else:
@@ -169,6 +173,10 @@ def pipeline_run(recipe_path: str, out: str, overrides: dict) -> tuple[dict, dic
         record[stage.name] = entry
         click.echo(f"    {entry['status']} ({entry['seconds']:.1f} s)", err=True)
         write_json(record_path, record)
+
+    for number, stage in enumerate(todo, 1):
+        step(number, stage)
+    step(len(todo) + 1, report_stage(recipe, predicted(record)))  # the report needs to know about predict
     return recipe, record
 
 
@@ -180,7 +188,6 @@ def summary(recipe: dict, record: dict) -> str:
     times = ("Stages", ["stage", "status", "seconds"],
              [[name, entry["status"], entry["seconds"]] for name, entry in record.items()]
              + [["total", "", round(sum(e["seconds"] for e in record.values()), 1)]])
-    predicted = record["predict"]["status"] in ("ran", "done")
-    inputs = load_inputs(out / "compare", out / "predict" if predicted else None,
+    inputs = load_inputs(out / "compare", out / "predict" if predicted(record) else None,
                          out / "utility.json" if recipe["data"]["heldout"] else None)
     return markdown([times, *summary_tables(*inputs)]) + f"\nreport: {out / 'report.html'}"
