@@ -77,17 +77,25 @@ def test_pipeline_runs_every_stage_and_continues_after_kill(minute_scale, tmp_pa
 
 
 def test_prepare_builds_tokenizer_models_and_disjoint_windows(tmp_path):
-    """tiny-kjv's first stage: a tokenizer, two pre-trained Llamas that load, disjoint windows (seeded)."""
+    """tiny-kjv's first stage: a tokenizer, two pre-trained Llamas that load, disjoint windows; the same seed
+    gives the same windows and weights (what makes a rerun's memorized sets the same)."""
     from transformers import AutoModelForCausalLM
 
     from conftest import invoke_cli
     from train.cli import main as train_main
 
-    sizes = {"out": tmp_path, "prepare.train_windows": 16, "prepare.heldout_windows": 4,
-             "prepare.pretrain_tokens": 1000, "prepare.teacher.hidden": 64, "prepare.teacher.heads": 2,
-             "prepare.teacher.layers": 1, "prepare.student.hidden": 64, "prepare.student.layers": 1}
-    invoke_cli("prepare", "--recipe", RECIPE, *[x for k, v in sizes.items() for x in ("--set", f"{k}={v}")],
-               group=train_main)
+    def prepare(out):
+        sizes = {"out": out, "prepare.train_windows": 16, "prepare.heldout_windows": 4,
+                 "prepare.pretrain_tokens": 1000, "prepare.teacher.hidden": 64, "prepare.teacher.heads": 2,
+                 "prepare.teacher.layers": 1, "prepare.student.hidden": 64, "prepare.student.layers": 1}
+        invoke_cli("prepare", "--recipe", RECIPE, *[x for k, v in sizes.items() for x in ("--set", f"{k}={v}")],
+                   group=train_main)
+
+    prepare(tmp_path)
+    prepare(tmp_path / "again")
+    for name in ("data/train.jsonl", "data/heldout.jsonl", "base/teacher/model.safetensors",
+                 "base/student/model.safetensors"):
+        assert (tmp_path / name).read_bytes() == (tmp_path / "again" / name).read_bytes(), name
     train = [json.loads(line) for line in (tmp_path / "data" / "train.jsonl").read_text().splitlines()]
     heldout = [json.loads(line) for line in (tmp_path / "data" / "heldout.jsonl").read_text().splitlines()]
     assert (len(train), len(heldout)) == (16, 4)
