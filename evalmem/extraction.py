@@ -48,8 +48,8 @@ def metrics(generated: np.ndarray, suffix: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def extract(get_engine, windows: Windows, mode: str = "decode") -> tuple[pa.Table, float]:
-    """Extraction of every window in `mode`; the result rows and the engine seconds. `get_engine()`
-    returns the engine (built on first use: an empty shard needs none)."""
+    """Extraction of every window in `mode`; the result rows and the seconds taken. `get_engine()`
+    returns the engine (built on first use: an empty shard needs none; run_shards takes that off)."""
     start = time.perf_counter()
     n, suffix_len = windows.suffix.shape
     if mode == "decode":

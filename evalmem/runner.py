@@ -105,10 +105,11 @@ def run_shards(run: RunDir, n_rows: int, shard_size: int, engine: LazyEngine, wo
               dynamic_ncols=True, disable=None if todo else True) as bar:  # None: only on a terminal
         for i in todo:
             lo, hi = span[i]
-            startup = engine.startup
+            before = engine.startup
             table, meta = work(engine, lo, hi)
-            meta = {**meta, "start": lo, "stop": hi, "n_input_rows": n_rows,
-                    "startup_seconds": engine.startup - startup, "part": f"{part[0]}/{part[1]}" if part else None,
+            startup = engine.startup - before  # the engine built during this shard: not the shard's work
+            meta = {**meta, "seconds": meta["seconds"] - startup, "start": lo, "stop": hi, "n_input_rows": n_rows,
+                    "startup_seconds": startup, "part": f"{part[0]}/{part[1]}" if part else None,
                     "engine_info": getattr(engine.engine, "info", {})}  # e.g. the server's URL and version
             run.write_shard(i, table, meta)
             metas[i] = {**meta, "n_rows": table.num_rows}

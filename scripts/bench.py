@@ -78,7 +78,7 @@ def build(work: Path, size: str, length: int, count: int, epochs: int) -> tuple[
     if not cached.exists():
         np.save(cached, kjv_windows(AutoTokenizer.from_pretrained(root / "tokenizer"), length, count))
     windows = np.load(cached)
-    model = root / f"finetuned-{epochs}ep"
+    model = root / f"finetuned-{epochs}ep-{length}x{count}"  # trained on these windows: one model per set
     if not model.exists():
         build_model(root / "base", AutoTokenizer.from_pretrained(root / "tokenizer"), max_len=512, **SIZES[size])
         trained = windows[np.linspace(0, min(count, 1000) - 1, TRAINED).astype(int)]
@@ -120,6 +120,7 @@ def run_generate(model: str, windows: np.ndarray, prefix_len: int, args) -> dict
 
     start = time.perf_counter()
     lm = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, args.dtype)).eval()
+    lm.generation_config.eos_token_id = None  # no stop at EOS (min_new_tokens would ban EOS, changing the arg-max)
     startup = time.perf_counter() - start
     suffix_len = windows.shape[1] - prefix_len
     start, generated = time.perf_counter(), []
@@ -127,7 +128,7 @@ def run_generate(model: str, windows: np.ndarray, prefix_len: int, args) -> dict
         for i in range(0, len(windows), args.hf_batch_size):
             batch = torch.from_numpy(windows[i:i + args.hf_batch_size, :prefix_len])
             out = lm.generate(batch, attention_mask=torch.ones_like(batch), max_new_tokens=suffix_len,
-                              min_new_tokens=suffix_len, do_sample=False, pad_token_id=0)
+                              do_sample=False, pad_token_id=0)
             generated.append(out[:, prefix_len:].numpy())
     exact = (np.concatenate(generated) == windows[:, prefix_len:]).all(1)
     return {"seconds": time.perf_counter() - start, "startup": startup, "exact": int(exact.sum())}
