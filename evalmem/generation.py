@@ -12,15 +12,15 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from evalmem.errors import InputError
 from evalmem import runner
+from evalmem.errors import InputError
 from evalmem.runner import open_engine_job
 
 
 def continue_prefixes(get_engine, example_ids: list, prefix: np.ndarray, max_new_tokens: int, tokenizer,
                       sampling: dict) -> tuple[pa.Table, float]:
-    """Generate from every prefix; the corpus rows and the engine seconds (`get_engine()` builds the
-    engine on first use)."""
+    """Generate from every prefix; the corpus rows and the seconds taken (`get_engine()` builds the engine on
+    first use; run_shards takes that off)."""
     start = time.perf_counter()
     generated = get_engine().generate(prefix.tolist(), max_new_tokens, **sampling) if len(prefix) else []
     seconds = time.perf_counter() - start
