@@ -41,7 +41,7 @@ def model_options(f):
                      help="Sequences the vllm engine batches at once."),
         click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True,
                      help="Prompts per generate call (hf engine); windows per forward pass (extract --mode "
-                          "screen/verify, where on CPU 32 is faster)."),
+                          "screen/verify/auto, where on CPU smaller is faster: screen 16, verify and auto 64)."),
     ]
     for option in reversed(options):
         f = option(f)

@@ -40,12 +40,20 @@ def near_tie_tolerance(dtype: torch.dtype) -> float:
 def decide(logits: torch.Tensor, true: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """For logits (..., V) and true tokens (...): whether greedy decoding picks the true token (arg-max,
     the lowest index on exact ties, as torch.argmax), the decisive gap |logit(true) - max logit of the
-    other tokens|, and logit(true). Reads the logits a few times, never writes a copy of them (fp32)."""
-    logits = logits.float()
-    true_logit = logits.gather(-1, true[..., None]).squeeze(-1)
-    top2 = logits.topk(2, dim=-1).values
-    others = torch.where(true_logit >= top2[..., 0], top2[..., 1], top2[..., 0])
-    return logits.argmax(-1) == true, (true_logit - others).abs(), true_logit
+    other tokens|, and logit(true). One vectorised max over all logits; the top-2 and arg-max only where
+    the true token attains the max (few rows outside memorized text)."""
+    shape, logits, true = true.shape, logits.float().reshape(-1, logits.shape[-1]), true.reshape(-1)
+    true_logit = logits.gather(1, true[:, None]).squeeze(1)
+    best = logits.amax(1)
+    hit = true_logit >= best
+    gap = best - true_logit  # a miss: the arg-max's lead over the true token
+    rows = hit.nonzero().squeeze(1)
+    if len(rows):
+        top2 = logits[rows].topk(2, dim=1).values
+        gap[rows] = top2[:, 0] - top2[:, 1]  # a hit: the true token's lead over the runner-up (0 on a tie)
+        tied = rows[top2[:, 0] == top2[:, 1]]
+        hit[tied] = logits[tied].argmax(1) == true[tied]
+    return hit.view(shape), gap.view(shape), true_logit.view(shape)
 
 
 def _first_miss(hit: torch.Tensor) -> torch.Tensor:

@@ -9,10 +9,11 @@ For each model size and N it runs, on the same model and the same N real KJV win
     verify        `evalmem extract --mode verify` (vLLM, a logits processor ends requests at a mismatch)
 and prints one Markdown table: examples/s, tokens/s (the tokens the column must process), seconds
 (start-up apart; 0 where a column reuses the previous column's engine), peak RSS of the process, the
-ratio to `generate`, and the ratio to the FLOP bound. FLOP bound = 2 x matmul parameters (all but the
-input embedding table) x tokens / this machine's measured fp32 matmul rate, with tokens = prefix + suffix
-for the decoding columns and prefix + match_len + 1 for screen and verify (what exact match and match_len
-need at least; screen itself processes prefix + suffix - 1).
+ratio to `generate`, and the ratios to the FLOP bounds. FLOP bound = 2 x matmul parameters (all but the
+input embedding table) x tokens / this machine's measured fp32 matmul rate (median of 9 timings), with
+tokens = prefix + suffix for the decoding columns and prefix + match_len + 1 for screen and verify (what exact
+match and match_len need at least); a column's own bound counts the tokens it processes: the same but for
+screen, prefix + suffix - 1.
 
 The models are built here, once, under --work: a Llama per size with a tokenizer trained on KJV, fine-tuned
 briefly (TRL) on 32 of the windows so that those are memorized and the rest mostly not.
@@ -45,14 +46,18 @@ COLUMNS = ("generate", "vllm", "decode", "screen", "verify-hf", "verify")
 TRAINED = 32  # windows the model is fine-tuned on (memorized), spread over the first 1,000
 
 
-def matmul_flops_per_second(n: int = 1024, repeats: int = 20) -> float:
-    """This machine's fp32 matmul rate, the yardstick of the FLOP bound."""
+def matmul_flops_per_second(n: int = 1024, repeats: int = 10, trials: int = 9) -> tuple[float, float, float]:
+    """This machine's fp32 matmul rate, the yardstick of the FLOP bound: median, min and max over `trials`
+    timings of `repeats` n x n products (one timing alone swings by 2x on a shared 2-core host)."""
     a, b = torch.randn(n, n), torch.randn(n, n)
     a @ b
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * n**3 * repeats / (time.perf_counter() - start)
+    rates = []
+    for _ in range(trials):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        rates.append(2 * n**3 * repeats / (time.perf_counter() - start))
+    return float(np.median(rates)), min(rates), max(rates)
 
 
 def kjv_windows(tokenizer, length: int, count: int) -> np.ndarray:
@@ -159,12 +164,12 @@ def run_vllm(model: str, windows: np.ndarray, prefix_len: int, args) -> dict:
 
 
 def run_evalmem(mode: str, engine: str, model: str, data: Path, out: Path, prefix_len: int, suffix_len: int,
-                args) -> dict:
+                args, batch_size: int | None = None) -> dict:
     """`evalmem extract` in this process; its summary's seconds exclude the engine start-up."""
     with contextlib.redirect_stdout(io.StringIO()):  # the summary it prints; read from summary.json below
         evalmem_main(["extract", "--model", model, "--data", str(data), "--out", str(out), "--mode", mode,
                       "--engine", engine, "--prefix-len", str(prefix_len), "--suffix-len", str(suffix_len),
-                      "--shard-size", "1000000", "--dtype", args.dtype, "--batch-size", str(args.batch_size),
+                      "--shard-size", "1000000", "--dtype", args.dtype, "--batch-size", str(batch_size or args.batch_size),
                       "--max-num-seqs", str(args.max_num_seqs)], standalone_mode=False)
     summary = json.loads((out / "summary.json").read_text())
     match_len = pq.read_table(out / "results.parquet", columns=["match_len"])["match_len"].to_numpy()
@@ -186,7 +191,7 @@ def bench(size: str, n: int, args, rate: float) -> list[dict]:
         "decode": lambda: run_evalmem("decode", "vllm", model, data, out / "decode", args.prefix_len,
                                       args.suffix_len, args),
         "screen": lambda: run_evalmem("screen", "hf", model, data, out / "screen", args.prefix_len,
-                                      args.suffix_len, args),
+                                      args.suffix_len, args, args.screen_batch_size),
         "verify-hf": lambda: run_evalmem("verify", "hf", model, data, out / "verify-hf", args.prefix_len,
                                          args.suffix_len, args),
         "verify": lambda: run_evalmem("verify", "vllm", model, data, out / "verify", args.prefix_len,
@@ -206,11 +211,13 @@ def bench(size: str, n: int, args, rate: float) -> list[dict]:
         # tokens the column must process at least: the whole window to decode it, prefix + match_len + 1
         # to decide exact match and match_len
         task_tokens = n * length if decoding or match_len is None else int((args.prefix_len + match_len + 1).sum())
+        own_tokens = n * (length - 1) if column == "screen" else task_tokens  # what the column computes
         rows.append({"model": f"{size} ({params / 1e6:.1f}M matmul)", "n": n, "column": column,
                      "examples_per_s": n / r["seconds"], "tokens_per_s": task_tokens / r["seconds"],
                      "seconds": r["seconds"], "startup": r["startup"], "peak_rss_gb": r["peak_rss"] / 2**30,
                      "vs_generate": results["generate"]["seconds"] / r["seconds"] if "generate" in results
                      else None, "vs_bound": r["seconds"] / (2 * params * task_tokens / rate),
+                     "vs_own_bound": r["seconds"] / (2 * params * own_tokens / rate),
                      "exact": r["exact"]})
     return rows
 
@@ -220,11 +227,11 @@ RUN_ORDER = ("generate", "screen", "verify-hf", "vllm", "decode", "verify")  # t
 
 def markdown(rows: list[dict]) -> str:
     head = ("| model | N | column | examples/s | tokens/s | seconds | start-up | peak RSS | vs generate "
-            "| vs FLOP bound | exact |\n|---|---|---|---|---|---|---|---|---|---|---|")
+            "| vs FLOP bound | vs own bound | exact |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [f"| {r['model']} | {r['n']} | {r['column']} | {r['examples_per_s']:.1f} | {r['tokens_per_s']:,.0f} "
              f"| {r['seconds']:.1f} | {r['startup']:.1f} s | {r['peak_rss_gb']:.2f} GB | "
              + (f"{r['vs_generate']:.2f}x" if r["vs_generate"] else "-")
-             + f" | {r['vs_bound']:.2f}x | {r['exact']} |" for r in rows]
+             + f" | {r['vs_bound']:.2f}x | {r['vs_own_bound']:.2f}x | {r['exact']} |" for r in rows]
     return "\n".join([head, *lines])
 
 
@@ -237,17 +244,21 @@ def main() -> None:
     parser.add_argument("--suffix-len", type=int, default=50)
     parser.add_argument("--dtype", default="float32", help="every column's dtype (the FLOP bound stays fp32's)")
     parser.add_argument("--hf-batch-size", type=int, default=256, help="batch of the transformers generate loop")
-    parser.add_argument("--batch-size", type=int, default=64, help="windows per torch pass (screen, verify-hf)")
+    parser.add_argument("--batch-size", type=int, default=64, help="windows per torch pass of verify-hf")
+    parser.add_argument("--screen-batch-size", type=int, default=16,
+                        help="windows per torch pass of screen (on 2 cores 8-16 beat 32-64: activations stay in cache)")
     parser.add_argument("--max-num-seqs", type=int, default=512, help="vLLM columns")
     parser.add_argument("--epochs", type=int, default=60, help="fine-tuning epochs on the 32 memorized windows")
     parser.add_argument("--work", type=Path, default=Path("runs/bench"), help="models and data, built once")
     args = parser.parse_args()
 
-    rate = matmul_flops_per_second()
-    print(f"fp32 matmul rate {rate / 1e9:.0f} GFLOP/s; torch threads {torch.get_num_threads()}; "
-          f"load average {os.getloadavg()[0]:.1f}", flush=True)
+    rate, low, high = matmul_flops_per_second()
+    print(f"fp32 matmul rate {rate / 1e9:.0f} GFLOP/s (median; {low / 1e9:.0f}-{high / 1e9:.0f}); torch threads "
+          f"{torch.get_num_threads()}; load average {os.getloadavg()[0]:.1f}", flush=True)
     rows = [row for size in args.sizes for n in args.n for row in bench(size, n, args, rate)]
-    print(f"\nload average at the end {os.getloadavg()[0]:.1f}\n")
+    rate, low, high = matmul_flops_per_second()
+    print(f"\nat the end: fp32 matmul rate {rate / 1e9:.0f} GFLOP/s ({low / 1e9:.0f}-{high / 1e9:.0f}); "
+          f"load average {os.getloadavg()[0]:.1f}\n")
     print(markdown(rows))
 
 

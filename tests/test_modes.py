@@ -152,6 +152,27 @@ def test_exact_tie_is_flagged_as_near_tie(tiny, tmp_path, invoke):
         assert json.loads((tmp_path / mode / engine / "summary.json").read_text())["n_near_ties"] >= 1
 
 
+def test_decide_equals_argmax_and_runner_up():
+    """decide's shortcuts (one max pass; top-2 and arg-max only where the true token attains the max) give
+    torch.argmax's choice (lowest index on exact ties) and the gap to the best other token, on random
+    logits with exact ties planted, against a plain per-position computation."""
+    from evalmem.screen import decide
+
+    logits = torch.randn(4, 6, 9, generator=torch.Generator().manual_seed(0))
+    true = logits.argmax(-1)
+    true[1] = torch.randint(0, 9, (6,), generator=torch.Generator().manual_seed(1))  # mostly misses
+    logits[2:, :, 0] = logits[2:].amax(-1) + 1
+    logits[2:, :, 8] = logits[2:, :, 0]  # tokens 0 and 8 tie for the max: greedy picks 0
+    true[2], true[3] = 0, 8  # a hit and a miss by a tie
+    hit, gap, true_logit = decide(logits, true)
+    for b, j in np.ndindex(*true.shape):
+        row, t = logits[b, j], true[b, j]
+        others = torch.cat([row[:t], row[t + 1:]])
+        assert hit[b, j] == (row.argmax() == t) and true_logit[b, j] == row[t]
+        assert torch.isclose(gap[b, j], (row[t] - others.max()).abs()), (b, j)
+    assert not hit[3].any() and (gap[2:] == 0).all() and hit[0].all() and not hit[1].all()
+
+
 def test_bad_mode_exits_2(tiny, tmp_path, invoke):
     result = invoke("extract", "--model", tiny.model, "--data", tiny.data, "--mode", "fast", "--out", tmp_path,
                     code=2)
