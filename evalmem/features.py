@@ -136,7 +136,8 @@ def perplexity_run(*, models: list[tuple[str, str]], data, split, data_config, t
     configs = {path: model_config(path) for _, path in models}
     for path, config in configs.items():
         if (context_length(config) or window_len) < window_len:
-            raise InputError(f"--window-len {window_len} exceeds the context of {path} ({context_length(config)} tokens)")
+            raise InputError(f"--window-len {window_len} exceeds the context of {path} "
+                             f"({context_length(config)} tokens)")
     source = load_source(data, split, data_config, text_column, limit)
     tok = load_tokenizer(tokenizer or models[0][1]) if source.token_column is None else None
     check_vocabulary(source, min(c.get_text_config().vocab_size for c in configs.values()))

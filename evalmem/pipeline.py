@@ -79,7 +79,8 @@ def stages(recipe: dict, recipe_file: Path) -> list[Stage]:
     out, ev, data = Path(recipe["out"]), recipe["evaluate"], recipe["data"]
     train = ["train"]
     rec = ["--recipe", str(recipe_file)]
-    engine = ["--engine", ev["engine"], "--dtype", ev["dtype"], "--tensor-parallel-size", str(ev["tensor_parallel_size"])]
+    engine = ["--engine", ev["engine"], "--dtype", ev["dtype"],
+              "--tensor-parallel-size", str(ev["tensor_parallel_size"])]
     lengths = ["--prefix-len", str(ev["prefix_len"]), "--suffix-len", str(ev["suffix_len"])]
     seeds = [recipe["seed"] + i for i in range(ev["baseline_seeds"])]
     baselines = [f"baseline-seed{s}" for s in seeds]

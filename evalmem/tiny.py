@@ -91,7 +91,8 @@ def memorizing_setup(root: str | Path, window: int = 100, n_trained: int = 32, n
     if not (root / "done").exists():
         finetune(str(root / "base"), trained, root / "memorized", epochs=epochs, lr=3e-3, batch_size=16,
                  scheduler="constant")
-        write_jsonl(root / "windows.jsonl", [{"id": f"w{i}", "input_ids": ids} for i, ids in enumerate(trained + unseen)])
+        rows = [{"id": f"w{i}", "input_ids": ids} for i, ids in enumerate(trained + unseen)]
+        write_jsonl(root / "windows.jsonl", rows)
         (root / "done").touch()
     return SimpleNamespace(root=root, tokenizer=tokenizer, base=str(root / "base"), model=str(root / "memorized"),
                            trained=trained, unseen=unseen, data=str(root / "windows.jsonl"))

@@ -169,8 +169,9 @@ def run_evalmem(mode: str, engine: str, model: str, data: Path, out: Path, prefi
     with contextlib.redirect_stdout(io.StringIO()):  # the summary it prints; read from summary.json below
         evalmem_main(["extract", "--model", model, "--data", str(data), "--out", str(out), "--mode", mode,
                       "--engine", engine, "--prefix-len", str(prefix_len), "--suffix-len", str(suffix_len),
-                      "--shard-size", "1000000", "--dtype", args.dtype, "--batch-size", str(batch_size or args.batch_size),
-                      "--max-num-seqs", str(args.max_num_seqs)], standalone_mode=False)
+                      "--shard-size", "1000000", "--dtype", args.dtype,
+                      "--batch-size", str(batch_size or args.batch_size), "--max-num-seqs", str(args.max_num_seqs)],
+                     standalone_mode=False)
     summary = json.loads((out / "summary.json").read_text())
     match_len = pq.read_table(out / "results.parquet", columns=["match_len"])["match_len"].to_numpy()
     return {"seconds": summary["seconds"], "startup": summary["startup_seconds"],

@@ -145,8 +145,9 @@ DATA_ERRORS = {"ids as strings": "integer token ids", "ids as floats": "integer 
                "ids not lists": "integer token ids", "ids nested": "integer token ids",
                "ids out of vocabulary": "vocabulary", "negative ids": "vocabulary", "text as numbers": "non-text",
                "text as bytes": "non-text", "empty strings": "no example", "mixed encodings": "not valid UTF-8",
-               "latin-1 text": "not valid UTF-8", "duplicated ids": "duplicated", "ids of mixed types": "mixes int, str values",
-               "broken JSON line": "cannot load data", "not Parquet": "not a readable Parquet file", "zero rows": "no examples",
+               "latin-1 text": "not valid UTF-8", "duplicated ids": "duplicated",
+               "ids of mixed types": "mixes int, str values", "broken JSON line": "cannot load data",
+               "not Parquet": "not a readable Parquet file", "zero rows": "no examples",
                "empty file": "no examples", "no text column": "no column 'text'", "missing file": "no such data file"}
 
 

@@ -108,7 +108,8 @@ def test_finetune_makes_windows_memorized(setup, tmp_path, invoke):
 
 def test_baseline_seeds_differ(setup, tmp_path):
     for seed in (1, 2):
-        train_cli("finetune", "--run", "baseline", "--seed", seed, *recipe_args(setup, tmp_path, **{"student.epochs": 1}))
+        train_cli("finetune", "--run", "baseline", "--seed", seed,
+                  *recipe_args(setup, tmp_path, **{"student.epochs": 1}))
     one, two = (logits(tmp_path / f"baseline-seed{s}", setup.tiny.trained[:2]) for s in (1, 2))
     assert not torch.allclose(one, two)
 
@@ -202,7 +203,8 @@ def test_recipes_load_and_set_the_papers_settings():
 
     recipes = {p.stem: load_recipe(p) for p in RECIPE.parent.glob("*.yaml")}
     pythia = recipes["pythia-fineweb"]
-    assert (pythia["teacher"]["model"], pythia["student"]["model"]) == ("EleutherAI/pythia-12b", "EleutherAI/pythia-1.4b")
+    models = (pythia["teacher"]["model"], pythia["student"]["model"])
+    assert models == ("EleutherAI/pythia-12b", "EleutherAI/pythia-1.4b")
     assert (pythia["teacher"]["epochs"], pythia["student"]["epochs"]) == (3, 4)
     assert pythia["student"]["lr"] == 5e-5 and pythia["student"]["scheduler"] == "cosine"
     assert (pythia["data"]["window_len"], pythia["data"]["limit"], pythia["soft"]["temperature"]) == (256, 10**6, 2.0)

@@ -83,7 +83,8 @@ def distill_soft(teacher: str, student: str, windows, out: str | Path, *, temper
     config = training_args(GKDConfig, Path(out), lmbda=0.0, beta=0.0, temperature=temperature, **train)
     model = load_trainee(student)
     teacher_model = load_teacher(teacher, model.config.get_text_config().vocab_size)
-    trainer = SoftKDTrainer(model=model, teacher_model=teacher_model, args=config, train_dataset=as_dataset(windows), processing_class=tokenizer,
+    trainer = SoftKDTrainer(model=model, teacher_model=teacher_model, args=config, train_dataset=as_dataset(windows),
+                            processing_class=tokenizer,
                             data_collator=DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id or 0),
                             vocab_size=vocab)
     return train_and_save(trainer, tokenizer, Path(out))

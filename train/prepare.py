@@ -10,7 +10,8 @@
 Both cut the KJV's first 16,000 verses into windows of data.window_len tokens and draw (seeded) the
 training windows, OUT/data/train.jsonl (prepare.train_windows rows of `id` and `input_ids`, in text order),
 and other windows held out, OUT/data/heldout.jsonl (prepare.heldout_windows). Drawn from the whole span,
-the training set holds the text's own near-repeats (parallel passages, formulae), as web data does; the models go to OUT/base/teacher and OUT/base/student. OUT/base/prepared.json
+the training set holds the text's own near-repeats (parallel passages, formulae), as web data does; the models
+go to OUT/base/teacher and OUT/base/student. OUT/base/prepared.json
 is written last: its presence means the stage is complete.
 """
 

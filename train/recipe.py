@@ -110,8 +110,8 @@ def _coerce(key: str, default, value, source: str):
     except (TypeError, ValueError):
         raise InputError(f"{source}: recipe key {key} must be {kind.__name__}, got {value!r}") from None
     if kind in (int, float) and (value < 0 or (value == 0 and name not in NON_NEGATIVE)):
-        raise InputError(f"{source}: recipe key {key} must be {'non-negative' if name in NON_NEGATIVE else 'positive'}, "
-                         f"got {value}")
+        sign = "non-negative" if name in NON_NEGATIVE else "positive"
+        raise InputError(f"{source}: recipe key {key} must be {sign}, got {value}")
     return value
 
 
