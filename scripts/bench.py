@@ -60,6 +60,14 @@ def matmul_flops_per_second(n: int = 1024, repeats: int = 10, trials: int = 9) -
     return float(np.median(rates)), min(rates), max(rates)
 
 
+def report_rate(when: str) -> float:
+    """Measure the matmul rate, print it (median, min-max) with the machine's load, and return the median."""
+    rate, low, high = matmul_flops_per_second()
+    print(f"{when}: fp32 matmul rate {rate / 1e9:.0f} GFLOP/s (median; {low / 1e9:.0f}-{high / 1e9:.0f}); "
+          f"torch threads {torch.get_num_threads()}; load average {os.getloadavg()[0]:.1f}", flush=True)
+    return rate
+
+
 def kjv_windows(tokenizer, length: int, count: int) -> np.ndarray:
     """`count` windows of `length` tokens from the KJV token stream (verses joined by EOS), evenly spaced:
     disjoint while the text suffices, overlapping beyond that (16k windows of 100 tokens need ~1.6M)."""
@@ -253,14 +261,10 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("runs/bench"), help="models and data, built once")
     args = parser.parse_args()
 
-    rate, low, high = matmul_flops_per_second()
-    print(f"fp32 matmul rate {rate / 1e9:.0f} GFLOP/s (median; {low / 1e9:.0f}-{high / 1e9:.0f}); torch threads "
-          f"{torch.get_num_threads()}; load average {os.getloadavg()[0]:.1f}", flush=True)
+    rate = report_rate("at the start")
     rows = [row for size in args.sizes for n in args.n for row in bench(size, n, args, rate)]
-    rate, low, high = matmul_flops_per_second()
-    print(f"\nat the end: fp32 matmul rate {rate / 1e9:.0f} GFLOP/s ({low / 1e9:.0f}-{high / 1e9:.0f}); "
-          f"load average {os.getloadavg()[0]:.1f}\n")
-    print(markdown(rows))
+    report_rate("\nat the end")
+    print(f"\n{markdown(rows)}")
 
 
 if __name__ == "__main__":
