@@ -10,10 +10,11 @@ For each model size and N it runs, on the same model and the same N real KJV win
 and prints one Markdown table: examples/s, tokens/s (the tokens the column must process), seconds
 (start-up apart; 0 where a column reuses the previous column's engine), peak RSS of the process, the
 ratio to `generate`, and the ratios to the FLOP bounds. FLOP bound = 2 x matmul parameters (all but the
-input embedding table) x tokens / this machine's measured fp32 matmul rate (median of 9 timings), with
-tokens = prefix + suffix for the decoding columns and prefix + match_len + 1 for screen and verify (what exact
-match and match_len need at least); a column's own bound counts the tokens it processes: the same but for
-screen, prefix + suffix - 1.
+input embedding table) x tokens / this machine's fp32 matmul rate measured around that column (the mean of
+the medians of 9 timings just before and just after it: this shared host's rate drifts by up to 1.6x within
+minutes), with tokens = prefix + suffix for the decoding columns and prefix + match_len + 1 for screen and
+verify (what exact match and match_len need at least); a column's own bound counts the tokens it processes:
+the same but for screen, prefix + suffix - 1.
 
 The models are built here, once, under --work: a Llama per size with a tokenizer trained on KJV, fine-tuned
 briefly (TRL) on 32 of the windows so that those are memorized and the rest mostly not.
@@ -60,12 +61,11 @@ def matmul_flops_per_second(n: int = 1024, repeats: int = 10, trials: int = 9) -
     return float(np.median(rates)), min(rates), max(rates)
 
 
-def report_rate(when: str) -> float:
-    """Measure the matmul rate, print it (median, min-max) with the machine's load, and return the median."""
+def report_rate(when: str) -> None:
+    """Measure the matmul rate and print it (median, min-max) with the machine's load."""
     rate, low, high = matmul_flops_per_second()
     print(f"{when}: fp32 matmul rate {rate / 1e9:.0f} GFLOP/s (median; {low / 1e9:.0f}-{high / 1e9:.0f}); "
           f"torch threads {torch.get_num_threads()}; load average {os.getloadavg()[0]:.1f}", flush=True)
-    return rate
 
 
 def kjv_windows(tokenizer, length: int, count: int) -> np.ndarray:
@@ -186,7 +186,7 @@ def run_evalmem(mode: str, engine: str, model: str, data: Path, out: Path, prefi
             "exact": summary["exact_match_count"], "match_len": match_len}
 
 
-def bench(size: str, n: int, args, rate: float) -> list[dict]:
+def bench(size: str, n: int, args) -> list[dict]:
     """Every column on one model size and N windows."""
     length = args.prefix_len + args.suffix_len
     model, windows = build(args.work, size, length, max(args.n), args.epochs)
@@ -208,9 +208,10 @@ def bench(size: str, n: int, args, rate: float) -> list[dict]:
     }
     results = {}
     for column in sorted(args.columns, key=RUN_ORDER.index):
+        before = matmul_flops_per_second()[0]
         with PeakRSS() as rss:
             results[column] = runners[column]()
-        results[column]["peak_rss"] = rss.peak
+        results[column] |= {"peak_rss": rss.peak, "rate": (before + matmul_flops_per_second()[0]) / 2}
         print(f"  {size} N={n} {column}: {results[column]['seconds']:.1f} s", flush=True)
     match_len = next((r["match_len"] for r in results.values() if "match_len" in r), None)
     rows = []
@@ -221,12 +222,13 @@ def bench(size: str, n: int, args, rate: float) -> list[dict]:
         # to decide exact match and match_len
         task_tokens = n * length if decoding or match_len is None else int((args.prefix_len + match_len + 1).sum())
         own_tokens = n * (length - 1) if column == "screen" else task_tokens  # what the column computes
+        token_bound = 2 * params / r["rate"]  # seconds per token at the matmul rate
         rows.append({"model": f"{size} ({params / 1e6:.1f}M matmul)", "n": n, "column": column,
                      "examples_per_s": n / r["seconds"], "tokens_per_s": task_tokens / r["seconds"],
                      "seconds": r["seconds"], "startup": r["startup"], "peak_rss_gb": r["peak_rss"] / 2**30,
                      "vs_generate": results["generate"]["seconds"] / r["seconds"] if "generate" in results
-                     else None, "vs_bound": r["seconds"] / (2 * params * task_tokens / rate),
-                     "vs_own_bound": r["seconds"] / (2 * params * own_tokens / rate),
+                     else None, "rate": r["rate"], "vs_bound": r["seconds"] / (task_tokens * token_bound),
+                     "vs_own_bound": r["seconds"] / (own_tokens * token_bound),
                      "exact": r["exact"]})
     return rows
 
@@ -236,11 +238,12 @@ RUN_ORDER = ("generate", "screen", "verify-hf", "vllm", "decode", "verify")  # t
 
 def markdown(rows: list[dict]) -> str:
     head = ("| model | N | column | examples/s | tokens/s | seconds | start-up | peak RSS | vs generate "
-            "| vs FLOP bound | vs own bound | exact |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
+            "| matmul rate | vs FLOP bound | vs own bound | exact |\n" + "|---" * 13 + "|")
     lines = [f"| {r['model']} | {r['n']} | {r['column']} | {r['examples_per_s']:.1f} | {r['tokens_per_s']:,.0f} "
              f"| {r['seconds']:.1f} | {r['startup']:.1f} s | {r['peak_rss_gb']:.2f} GB | "
              + (f"{r['vs_generate']:.2f}x" if r["vs_generate"] else "-")
-             + f" | {r['vs_bound']:.2f}x | {r['vs_own_bound']:.2f}x | {r['exact']} |" for r in rows]
+             + f" | {r['rate'] / 1e9:.0f} GFLOP/s | {r['vs_bound']:.2f}x | {r['vs_own_bound']:.2f}x | {r['exact']} |"
+             for r in rows]
     return "\n".join([head, *lines])
 
 
@@ -261,8 +264,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("runs/bench"), help="models and data, built once")
     args = parser.parse_args()
 
-    rate = report_rate("at the start")
-    rows = [row for size in args.sizes for n in args.n for row in bench(size, n, args, rate)]
+    report_rate("at the start")
+    rows = [row for size in args.sizes for n in args.n for row in bench(size, n, args)]
     report_rate("\nat the end")
     print(f"\n{markdown(rows)}")
 
