@@ -6,7 +6,9 @@ token is the arg-max; the first position where it is not is `match_len`. Two way
     screen   one batched forward pass over prefix + suffix[:-1]: match_len, exact match and the
              log-probability of every true suffix token (perplexity, Min-K% come free)
     verify   prefill the prefixes, then decode greedily with a KV cache, dropping each row from the
-             batch at its first mismatch: prefill + (match_len + 1) steps instead of + suffix_len
+             batch at its first mismatch: prefill + (match_len + 1) steps instead of + suffix_len. Rows
+             still matching after a few steps (mostly memorized) are finished by screen, batched across
+             all batches: decoded on, a few rows per batch, they cost suffix_len sequential steps each batch
     auto     the same decoding, fed the generated tokens, that drops a row only once it can no longer
              match approximately (edit distance <= max_distance): keeps per row the current row of the
              token Levenshtein matrix between the tokens generated so far and the true suffix. Any
@@ -82,23 +84,37 @@ def _screen_batch(model, prefix: torch.Tensor, true: torch.Tensor, tolerance: fl
     return match_len, ((gap < tolerance) & decides).any(1), logprobs
 
 
-def verify(model, prefix: np.ndarray, suffix: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
-    """Early-exit greedy decoding of prefix (n, P) against suffix (n, L): match_len and near_tie."""
-    return _over_batches(model, _verify_batch, prefix, suffix, batch_size, ("match_len", "near_tie"))
+VERIFY_STEPS = 4  # decoding steps before verify hands the rows still matching to screen
 
 
-def _verify_batch(model, prefix: torch.Tensor, true: torch.Tensor, tolerance: float):
-    n, length = true.shape
+def verify(model, prefix: np.ndarray, suffix: np.ndarray, batch_size: int, steps: int = VERIFY_STEPS
+           ) -> dict[str, np.ndarray]:
+    """Early-exit greedy decoding of prefix (n, P) against suffix (n, L): match_len and near_tie. Rows still
+    matching after `steps` steps are screened, in passes of as many tokens as a prefill's."""
+    prefix_len, length = prefix.shape[1], suffix.shape[1]
+    steps = min(steps, length)
+    out = _over_batches(model, partial(_verify_batch, steps=steps), prefix, suffix, batch_size,
+                        ("match_len", "near_tie"))
+    rest = np.flatnonzero(out["match_len"] == steps) if steps < length else []
+    if len(rest):
+        screened = screen(model, prefix[rest], suffix[rest], max(1, batch_size * prefix_len // (prefix_len + length)))
+        out["match_len"][rest] = screened["match_len"]
+        out["near_tie"][rest] |= screened["near_tie"]
+    return out
+
+
+def _verify_batch(model, prefix: torch.Tensor, true: torch.Tensor, tolerance: float, steps: int):
+    n = len(true)
     match_len = torch.zeros(n, dtype=torch.long, device=true.device)
     near_tie = torch.zeros(n, dtype=torch.bool, device=true.device)
     rows = torch.arange(n, device=true.device)  # the rows still matching, in the cache's order
     out = model(input_ids=prefix, use_cache=True, logits_to_keep=1)
     cache, logits = out.past_key_values, out.logits[:, -1]
-    for step in range(length):
+    for step in range(steps):
         hit, gap, _ = decide(logits, true[rows, step])
         near_tie[rows] |= gap < tolerance
         match_len[rows] += hit.long()
-        if step == length - 1 or not hit.any():
+        if step == steps - 1 or not hit.any():
             break
         if not hit.all():
             keep = hit.nonzero().squeeze(1)

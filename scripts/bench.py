@@ -5,16 +5,19 @@ For each model size and N it runs, on the same model and the same N real KJV win
     vllm          raw `vllm.LLM.generate`, evalmem's CPU engine settings, nothing else
     decode        `evalmem extract --mode decode` (vLLM)
     screen        `evalmem extract --mode screen` (one teacher-forced torch pass)
-    verify-hf     `evalmem extract --mode verify --engine hf` (torch loop, KV cache, finished rows dropped)
+    verify-hf     `evalmem extract --mode verify --engine hf` (torch loop, KV cache, finished rows dropped,
+                  rows still matching after a few steps screened)
     verify        `evalmem extract --mode verify` (vLLM, a logits processor ends requests at a mismatch)
 and prints one Markdown table: examples/s, tokens/s (the tokens the column must process), seconds
-(start-up apart; 0 where a column reuses the previous column's engine), peak RSS of the process, the
+(the median of --repeats runs, their range in brackets; start-up apart: 0 where a column reuses the previous
+column's engine), peak RSS of the process, the
 ratio to `generate`, and the ratios to the FLOP bounds. FLOP bound = 2 x matmul parameters (all but the
 input embedding table) x tokens / this machine's fp32 matmul rate measured around that column (the mean of
 the medians of 9 timings just before and just after it: this shared host's rate drifts by up to 1.6x within
 minutes), with tokens = prefix + suffix for the decoding columns and prefix + match_len + 1 for screen and
 verify (what exact match and match_len need at least); a column's own bound counts the tokens it processes:
-the same but for screen, prefix + suffix - 1.
+the same but for screen, prefix + suffix - 1, and for verify-hf, which screens the rows still matching after
+VERIFY_STEPS decoding steps, prefix + VERIFY_STEPS + (prefix + suffix - 1) for those.
 
 The models are built here, once, under --work: a Llama per size with a tokenizer trained on KJV, fine-tuned
 briefly (TRL) on 32 of the windows so that those are memorized and the rest mostly not.
@@ -40,6 +43,7 @@ import pyarrow.parquet as pq
 import torch
 
 from evalmem.cli import main as evalmem_main
+from evalmem.screen import VERIFY_STEPS
 from evalmem.tiny import build_model, kjv_verses, train_tokenizer, write_jsonl
 
 SIZES = {"9m": dict(hidden=256, layers=5, heads=4), "40m": dict(hidden=512, layers=8, heads=8)}
@@ -172,13 +176,13 @@ def run_vllm(model: str, windows: np.ndarray, prefix_len: int, args) -> dict:
 
 
 def run_evalmem(mode: str, engine: str, model: str, data: Path, out: Path, prefix_len: int, suffix_len: int,
-                args, batch_size: int | None = None) -> dict:
+                args, batch_size: int) -> dict:
     """`evalmem extract` in this process; its summary's seconds exclude the engine start-up."""
     with contextlib.redirect_stdout(io.StringIO()):  # the summary it prints; read from summary.json below
         evalmem_main(["extract", "--model", model, "--data", str(data), "--out", str(out), "--mode", mode,
                       "--engine", engine, "--prefix-len", str(prefix_len), "--suffix-len", str(suffix_len),
                       "--shard-size", "1000000", "--dtype", args.dtype,
-                      "--batch-size", str(batch_size or args.batch_size), "--max-num-seqs", str(args.max_num_seqs)],
+                      "--batch-size", str(batch_size), "--max-num-seqs", str(args.max_num_seqs)],
                      standalone_mode=False)
     summary = json.loads((out / "summary.json").read_text())
     match_len = pq.read_table(out / "results.parquet", columns=["match_len"])["match_len"].to_numpy()
@@ -189,30 +193,32 @@ def run_evalmem(mode: str, engine: str, model: str, data: Path, out: Path, prefi
 def bench(size: str, n: int, args) -> list[dict]:
     """Every column on one model size and N windows."""
     length = args.prefix_len + args.suffix_len
-    model, windows = build(args.work, size, length, max(args.n), args.epochs)
+    model, windows = build(args.work, size, length, args.pool, args.epochs)
     windows = windows[:n]
     data = write_jsonl(args.work / f"{size}-{n}.jsonl", [{"input_ids": w} for w in windows.tolist()])
     params = matmul_params(model)
     out = Path(tempfile.mkdtemp(prefix=f"bench-{size}-{n}-"))
-    runners = {
-        "generate": lambda: run_generate(model, windows, args.prefix_len, args),
-        "vllm": lambda: run_vllm(model, windows, args.prefix_len, args),
-        "decode": lambda: run_evalmem("decode", "vllm", model, data, out / "decode", args.prefix_len,
-                                      args.suffix_len, args),
-        "screen": lambda: run_evalmem("screen", "hf", model, data, out / "screen", args.prefix_len,
-                                      args.suffix_len, args, args.screen_batch_size),
-        "verify-hf": lambda: run_evalmem("verify", "hf", model, data, out / "verify-hf", args.prefix_len,
-                                         args.suffix_len, args),
-        "verify": lambda: run_evalmem("verify", "vllm", model, data, out / "verify", args.prefix_len,
-                                      args.suffix_len, args),
-    }
-    results = {}
-    for column in sorted(args.columns, key=RUN_ORDER.index):
-        before = matmul_flops_per_second()[0]
-        with PeakRSS() as rss:
-            results[column] = runners[column]()
-        results[column] |= {"peak_rss": rss.peak, "rate": (before + matmul_flops_per_second()[0]) / 2}
-        print(f"  {size} N={n} {column}: {results[column]['seconds']:.1f} s", flush=True)
+    evalmem_modes = {"decode": ("decode", "vllm", args.batch_size), "screen": ("screen", "hf", args.screen_batch_size),
+                     "verify-hf": ("verify", "hf", args.batch_size), "verify": ("verify", "vllm", args.batch_size)}
+
+    def run(column: str, dest: Path) -> dict:
+        if column == "generate":
+            return run_generate(model, windows, args.prefix_len, args)
+        if column == "vllm":
+            return run_vllm(model, windows, args.prefix_len, args)
+        mode, engine, batch_size = evalmem_modes[column]
+        return run_evalmem(mode, engine, model, data, dest, args.prefix_len, args.suffix_len, args, batch_size)
+
+    runs = {column: [] for column in args.columns}
+    for round_ in range(args.repeats):  # every column once per round: the host's drift touches all alike
+        for column in sorted(args.columns, key=RUN_ORDER.index):
+            before = matmul_flops_per_second()[0]
+            with PeakRSS() as rss:
+                result = run(column, out / f"{column}-{round_}")
+            rate = (before + matmul_flops_per_second()[0]) / 2
+            runs[column].append(result | {"peak_rss": rss.peak, "rate": rate})
+            print(f"  {size} N={n} {column} (round {round_ + 1}): {result['seconds']:.1f} s", flush=True)
+    results = {column: median_run(r) for column, r in runs.items()}
     match_len = next((r["match_len"] for r in results.values() if "match_len" in r), None)
     rows = []
     for column in args.columns:
@@ -221,26 +227,52 @@ def bench(size: str, n: int, args) -> list[dict]:
         # tokens the column must process at least: the whole window to decode it, prefix + match_len + 1
         # to decide exact match and match_len
         task_tokens = n * length if decoding or match_len is None else int((args.prefix_len + match_len + 1).sum())
-        own_tokens = n * (length - 1) if column == "screen" else task_tokens  # what the column computes
+        own = task_tokens if decoding or match_len is None else own_tokens(column, match_len, args.prefix_len, length)
         token_bound = 2 * params / r["rate"]  # seconds per token at the matmul rate
         rows.append({"model": f"{size} ({params / 1e6:.1f}M matmul)", "n": n, "column": column,
                      "examples_per_s": n / r["seconds"], "tokens_per_s": task_tokens / r["seconds"],
-                     "seconds": r["seconds"], "startup": r["startup"], "peak_rss_gb": r["peak_rss"] / 2**30,
+                     "seconds": r["seconds"], "spread": r["spread"], "startup": r["startup"],
+                     "peak_rss_gb": r["peak_rss"] / 2**30,
                      "vs_generate": results["generate"]["seconds"] / r["seconds"] if "generate" in results
                      else None, "rate": r["rate"], "vs_bound": r["seconds"] / (task_tokens * token_bound),
-                     "vs_own_bound": r["seconds"] / (own_tokens * token_bound),
+                     "vs_own_bound": r["seconds"] / (own * token_bound),
                      "exact": r["exact"]})
     return rows
 
 
+def own_tokens(column: str, match_len: np.ndarray, prefix_len: int, length: int) -> int:
+    """The tokens a column that needs match_len computes: screen the whole window but its last token; verify
+    prefix + match_len + 1, but verify-hf decodes at most VERIFY_STEPS tokens and screens the rows still
+    matching then."""
+    if column == "screen":
+        return len(match_len) * (length - 1)
+    if column == "verify":
+        return int((prefix_len + match_len + 1).sum())
+    handed = match_len >= VERIFY_STEPS
+    return int((prefix_len + np.minimum(match_len + 1, VERIFY_STEPS)).sum() + handed.sum() * (length - 1))
+
+
+def median_run(runs: list[dict]) -> dict:
+    """One column's runs as one: the median seconds (with their spread), the first start-up (later runs may
+    reuse an engine), the highest peak RSS and the mean matmul rate."""
+    seconds = [r["seconds"] for r in runs]
+    return {**runs[0], "seconds": float(np.median(seconds)), "spread": (min(seconds), max(seconds)),
+            "peak_rss": max(r["peak_rss"] for r in runs), "rate": float(np.mean([r["rate"] for r in runs]))}
+
+
 RUN_ORDER = ("generate", "screen", "verify-hf", "vllm", "decode", "verify")  # torch before vLLM binds threads
+
+
+def spread(row: dict) -> str:
+    low, high = row["spread"]
+    return f" ({low:.1f}-{high:.1f})" if high > low else ""
 
 
 def markdown(rows: list[dict]) -> str:
     head = ("| model | N | column | examples/s | tokens/s | seconds | start-up | peak RSS | vs generate "
             "| matmul rate | vs FLOP bound | vs own bound | exact |\n" + "|---" * 13 + "|")
     lines = [f"| {r['model']} | {r['n']} | {r['column']} | {r['examples_per_s']:.1f} | {r['tokens_per_s']:,.0f} "
-             f"| {r['seconds']:.1f} | {r['startup']:.1f} s | {r['peak_rss_gb']:.2f} GB | "
+             f"| {r['seconds']:.1f}{spread(r)} | {r['startup']:.1f} s | {r['peak_rss_gb']:.2f} GB | "
              + (f"{r['vs_generate']:.2f}x" if r["vs_generate"] else "-")
              + f" | {r['rate'] / 1e9:.0f} GFLOP/s | {r['vs_bound']:.2f}x | {r['vs_own_bound']:.2f}x | {r['exact']} |"
              for r in rows]
@@ -260,9 +292,16 @@ def main() -> None:
     parser.add_argument("--screen-batch-size", type=int, default=16,
                         help="windows per torch pass of screen (on 2 cores 8-16 beat 32-64: activations stay in cache)")
     parser.add_argument("--max-num-seqs", type=int, default=512, help="vLLM columns")
+    parser.add_argument("--pool", type=int, default=16000,
+                        help="windows drawn from the first N of this many evenly spaced KJV windows (the model is "
+                             "fine-tuned on 32 of the first 1,000 and built once per pool): the same N, the same data")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="runs of every column (in rounds); the table gives the median seconds and their range")
     parser.add_argument("--epochs", type=int, default=60, help="fine-tuning epochs on the 32 memorized windows")
     parser.add_argument("--work", type=Path, default=Path("runs/bench"), help="models and data, built once")
     args = parser.parse_args()
+    if max(args.n) > args.pool:
+        parser.error(f"--n {max(args.n)} exceeds --pool {args.pool}")
 
     report_rate("at the start")
     rows = [row for size in args.sizes for n in args.n for row in bench(size, n, args)]

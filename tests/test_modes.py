@@ -234,3 +234,21 @@ def test_batches_run_concurrently_in_order(tiny):
             np.testing.assert_allclose(batched[name], whole[name], atol=1e-4, err_msg=name)
         assert (whole["match_len"] == SUFFIX).any() and (whole["match_len"] < SUFFIX).any()
     assert torch.get_num_threads() == threads
+
+
+def test_verify_hands_rows_still_matching_to_screen(tiny):
+    """verify's rows still matching after `steps` decoding steps, finished by screen, get the match_len and
+    near_tie of decoding them to the end, memorized and part-way rows among them."""
+    from transformers import AutoModelForCausalLM
+
+    from evalmem import screen
+
+    model = AutoModelForCausalLM.from_pretrained(tiny.model).eval()
+    windows = np.array([json.loads(line)["input_ids"][:PREFIX + SUFFIX] for line in open(tiny.data)])
+    prefix, suffix = windows[:, :PREFIX], windows[:, PREFIX:]
+    decoded = screen.verify(model, prefix, suffix, 8, steps=SUFFIX)
+    handed = screen.verify(model, prefix, suffix, 8, steps=2)
+    assert ((decoded["match_len"] > 2) & (decoded["match_len"] < SUFFIX)).any()
+    assert (decoded["match_len"] == SUFFIX).any() and (decoded["match_len"] < 2).any()
+    for name in ("match_len", "near_tie"):
+        np.testing.assert_array_equal(handed[name], decoded[name], err_msg=name)
