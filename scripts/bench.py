@@ -226,7 +226,8 @@ def bench(size: str, n: int, args) -> list[dict]:
         # tokens the column must process at least: the whole window to decode it, prefix + match_len + 1
         # to decide exact match and match_len
         task_tokens = n * length if decoding or match_len is None else int((args.prefix_len + match_len + 1).sum())
-        own = task_tokens if decoding or match_len is None else own_tokens(column, match_len, args.prefix_len, length)
+        own = own_tokens(column, match_len, args.prefix_len, length) if column in ("screen", "verify-hf") \
+            and match_len is not None else task_tokens  # what the column computes
         token_bound = 2 * params / r["rate"]  # seconds per token at the matmul rate
         rows.append({"model": f"{size} ({params / 1e6:.1f}M matmul)", "n": n, "column": column,
                      "examples_per_s": n / r["seconds"], "tokens_per_s": task_tokens / r["seconds"],
@@ -240,13 +241,10 @@ def bench(size: str, n: int, args) -> list[dict]:
 
 
 def own_tokens(column: str, match_len: np.ndarray, prefix_len: int, length: int) -> int:
-    """The tokens a column that needs match_len computes: screen the whole window but its last token; verify
-    prefix + match_len + 1, but verify-hf decodes at most VERIFY_STEPS tokens and screens the rows still
-    matching then."""
+    """The tokens screen computes (the whole window but its last token) or verify-hf (prefix + match_len + 1,
+    but at most VERIFY_STEPS decoded tokens, and the whole window again for the rows it screens then)."""
     if column == "screen":
         return len(match_len) * (length - 1)
-    if column == "verify":
-        return int((prefix_len + match_len + 1).sum())
     handed = match_len >= VERIFY_STEPS
     return int((prefix_len + np.minimum(match_len + 1, VERIFY_STEPS)).sum() + handed.sum() * (length - 1))
 
