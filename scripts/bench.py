@@ -10,10 +10,10 @@ For each model size and N it runs, on the same model and the same N real KJV win
     verify        `evalmem extract --mode verify` (vLLM, a logits processor ends requests at a mismatch)
 and prints one Markdown table: examples/s, tokens/s (the tokens the column must process), seconds
 (the median of --repeats runs, their range in brackets; start-up apart: 0 where a column reuses the previous
-column's engine), peak RSS of the process, the ratio to `generate`, and the ratios to the FLOP bounds. FLOP bound = 2 x matmul parameters (all but the
-input embedding table) x tokens / this machine's fp32 matmul rate measured around that column (the mean of
-the medians of 9 timings just before and just after it: this shared host's rate drifts by up to 1.6x within
-minutes), with tokens = prefix + suffix for the decoding columns and prefix + match_len + 1 for screen and
+column's engine), peak RSS of the process, the ratio to `generate`, and the ratios to the FLOP bounds.
+FLOP bound = 2 x matmul parameters (all but the input embedding table) x tokens / this machine's fp32 matmul
+rate measured around that column (the mean of the medians of 9 timings just before and just after it: this
+shared host's rate drifts by up to 1.6x within minutes), with tokens = prefix + suffix for the decoding columns and prefix + match_len + 1 for screen and
 verify (what exact match and match_len need at least); a column's own bound counts the tokens it processes:
 the same but for screen, prefix + suffix - 1, and for verify-hf, which screens the rows still matching after
 VERIFY_STEPS decoding steps, prefix + VERIFY_STEPS + (prefix + suffix - 1) for those.

@@ -216,36 +216,38 @@ def test_compare_says_not_computed_for_runs_without_decoding(runs, tmp_path, inv
     assert result["auto"]["mean_token_accuracy"] is None  # but not every row's token accuracy
 
 
-def test_batches_run_concurrently_in_order(tiny):
-    """screen, verify and auto give the same arrays in batches of 5 (two batches at a time on CPU) as in one
-    batch, and leave torch's thread count as it was."""
+@pytest.fixture(scope="module")
+def arrays(tiny):
+    """The tiny memorizing model (transformers) and its windows as prefix and suffix arrays."""
     from transformers import AutoModelForCausalLM
-
-    from evalmem import screen
 
     model = AutoModelForCausalLM.from_pretrained(tiny.model).eval()
     windows = np.array([json.loads(line)["input_ids"][:PREFIX + SUFFIX] for line in open(tiny.data)])
-    prefix, suffix = windows[:, :PREFIX], windows[:, PREFIX:]
+    return model, windows[:, :PREFIX], windows[:, PREFIX:]
+
+
+def test_batches_run_concurrently_in_order(arrays):
+    """screen, verify and auto give the same arrays in batches of 5 (two batches at a time on CPU) as in one
+    batch, and leave torch's thread count as it was."""
+    from evalmem import screen
+
+    model, prefix, suffix = arrays
     threads = torch.get_num_threads()
     for run in (screen.screen, screen.verify, partial(screen.auto, max_distance=5)):
-        whole, batched = run(model, prefix, suffix, len(windows)), run(model, prefix, suffix, 5)
-        assert whole.keys() == batched.keys() and len(whole["match_len"]) == len(windows) > 10
+        whole, batched = run(model, prefix, suffix, len(prefix)), run(model, prefix, suffix, 5)
+        assert whole.keys() == batched.keys() and len(whole["match_len"]) == len(prefix) > 10
         for name in whole:
             np.testing.assert_allclose(batched[name], whole[name], atol=1e-4, err_msg=name)
         assert (whole["match_len"] == SUFFIX).any() and (whole["match_len"] < SUFFIX).any()
     assert torch.get_num_threads() == threads
 
 
-def test_verify_hands_rows_still_matching_to_screen(tiny):
+def test_verify_hands_rows_still_matching_to_screen(arrays):
     """verify's rows still matching after `steps` decoding steps, finished by screen, get the match_len and
     near_tie of decoding them to the end, memorized and part-way rows among them."""
-    from transformers import AutoModelForCausalLM
-
     from evalmem import screen
 
-    model = AutoModelForCausalLM.from_pretrained(tiny.model).eval()
-    windows = np.array([json.loads(line)["input_ids"][:PREFIX + SUFFIX] for line in open(tiny.data)])
-    prefix, suffix = windows[:, :PREFIX], windows[:, PREFIX:]
+    model, prefix, suffix = arrays
     decoded = screen.verify(model, prefix, suffix, 8, steps=SUFFIX)
     handed = screen.verify(model, prefix, suffix, 8, steps=2)
     assert ((decoded["match_len"] > 2) & (decoded["match_len"] < SUFFIX)).any()
