@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from evalmem.errors import InputError, first_line
+from evalmem.store import read_results
 
 PROTOCOL = ("data_fingerprint", "prefix_len", "suffix_len")
 RUN_COLUMNS = ("example_id", "exact_match", "approx_match", "token_accuracy")
@@ -63,33 +63,10 @@ def read_settings(path: Path, parquet: str) -> dict:
         raise InputError(f"{path / 'manifest.json'} is unreadable: {first_line(exc)}") from exc
 
 
-BOOLEAN = ("exact_match", "approx_match")  # every other column read here but example_id is numeric
-
-
-def read_table(path: Path, columns) -> pa.Table:
-    """`columns` of a result table, checked: readable (page checksums), typed as evalmem writes them,
-    one row per example_id."""
-    try:
-        table = pq.read_table(path, columns=list(columns), page_checksum_verification=True)
-    except Exception as exc:  # pyarrow raises several types for missing columns and damaged files
-        raise InputError(f"cannot read {path}: {first_line(exc)}") from exc
-    for name in table.column_names:
-        kind = table[name].type
-        if name == "example_id" or pa.types.is_null(kind):
-            continue
-        ok = pa.types.is_boolean(kind) if name in BOOLEAN else pa.types.is_integer(kind) or pa.types.is_floating(kind)
-        if not ok:
-            raise InputError(f"column {name!r} of {path} holds {kind} values, not "
-                             f"{'booleans' if name in BOOLEAN else 'numbers'}")
-    if "example_id" in table.column_names and pc.count_distinct(table["example_id"]).as_py() != table.num_rows:
-        raise InputError(f"{path} has duplicated example_id values: one row per example expected")
-    return table
-
-
 def load_run(name: str, role: str, path: str | Path) -> Run:
     path = Path(path)
     settings = read_settings(path, "results.parquet")
-    return Run(name, role, path, settings, read_table(path / "results.parquet", RUN_COLUMNS))
+    return Run(name, role, path, settings, read_results(path / "results.parquet", RUN_COLUMNS))
 
 
 def parse_spec(spec: str, default_name: str) -> tuple[str, str]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from evalmem.errors import InputError, first_line
+from evalmem.settings import DataSpec
 
 LOCAL_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text"}
 
@@ -43,12 +44,12 @@ class Windows:
     n_short: int
 
 
-def load_source(data: str, split: str = "train", config: str | None = None,
-                text_column: str = "text", limit: int | None = None) -> Source:
-    """Load `data` (a .jsonl/.parquet/.txt file, a folder of such files, or a hub id)."""
-    rows = load_rows(data, split, config)
+def load_source(spec: DataSpec) -> Source:
+    """Load the data `spec` names (a .jsonl/.parquet/.txt file or a hub id) and check its columns and ids."""
+    data, text_column, limit = spec.path, spec.text_column, spec.limit
+    rows = load_rows(data, spec.split, spec.config)
     fingerprint = ("sha256:" + _sha256(data) if os.path.isfile(data)
-                   else f"datasets:{data}:{config}:{split}:{rows._fingerprint}")
+                   else f"datasets:{data}:{spec.config}:{spec.split}:{rows._fingerprint}")
     if limit is not None:
         rows = rows.select(range(min(limit, len(rows))))
     if len(rows) == 0:
@@ -73,8 +74,14 @@ def load_source(data: str, split: str = "train", config: str | None = None,
 
 
 def check_column_type(data: str, rows, column: str) -> None:
-    """Refuse an `input_ids` column that does not hold lists of integers, or a text column of non-text."""
+    """Refuse an `input_ids` column that does not hold lists of integers, a text column of non-text, and
+    missing values (nulls are bad input, not short examples)."""
     feature = rows.features[column]
+    nulls = rows.data.column(column).null_count
+    if nulls:
+        first = rows.data.column(column).is_null().to_pylist().index(True)
+        raise InputError(f"column {column!r} of {data} holds {nulls} null values (first in row {first}): "
+                         "every example needs its tokens or text")
     if column == "input_ids":
         dtype = getattr(getattr(feature, "feature", None), "dtype", "")
         if not dtype.startswith(("int", "uint")):
@@ -169,14 +176,14 @@ def token_lists(source: Source, start: int, stop: int, tokenizer=None) -> list[l
     batch = source.rows[start:stop]
     if source.token_column:
         return batch[source.token_column]
-    texts = [t or "" for t in batch[source.text_column]]
+    texts = batch[source.text_column]
     return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 
 def cut_windows(tokens: list[list[int]], example_ids: list, prefix_len: int, suffix_len: int) -> Windows:
     """First `prefix_len` tokens of each example and the `suffix_len` that follow."""
     need = prefix_len + suffix_len
-    keep = [i for i, t in enumerate(tokens) if t is not None and len(t) >= need]
+    keep = [i for i, t in enumerate(tokens) if len(t) >= need]
     rows = np.array([tokens[i][:need] for i in keep], dtype=np.int64).reshape(len(keep), need)
     return Windows([example_ids[i] for i in keep], rows[:, :prefix_len], rows[:, prefix_len:],
                    len(tokens) - len(keep))

@@ -1,4 +1,4 @@
-"""The one error type users see: a one-line message on stderr and exit code 2."""
+"""The one error type users see: a one-line message on stderr and exit code 2 (130 when interrupted)."""
 
 import click
 
@@ -12,6 +12,15 @@ class InputError(click.ClickException):
         super().__init__(" ".join(str(message).split()))
 
 
+class Interrupted(click.ClickException):
+    """Ctrl-C: one line saying that the work done is kept, and the shell's exit code for SIGINT."""
+
+    exit_code = 130
+
+    def __init__(self):
+        super().__init__("interrupted; finished shards and stages are kept: rerun the same command to resume")
+
+
 def first_line(exc: BaseException) -> str:
     """The first non-empty line of an exception's text, for one-line error messages."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
@@ -20,7 +29,7 @@ def first_line(exc: BaseException) -> str:
 
 class OneLineGroup(click.Group):
     """A click group whose commands' usage errors (a bad option value, a missing option) are one line,
-    like every other error, instead of click's usage block."""
+    like every other error, instead of click's usage block; Ctrl-C exits with 130 and says how to resume."""
 
     def invoke(self, ctx):
         try:
@@ -28,3 +37,5 @@ class OneLineGroup(click.Group):
         except click.UsageError as exc:
             where = f" (see {exc.ctx.command_path} --help)" if exc.ctx else ""
             raise InputError(exc.format_message() + where) from exc
+        except (KeyboardInterrupt, click.Abort) as exc:
+            raise Interrupted() from exc

@@ -10,13 +10,14 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 from rapidfuzz.distance import Levenshtein
 
-from evalmem.data import Windows
-from evalmem.errors import InputError
 from evalmem import runner
+from evalmem.data import Windows
+from evalmem.engines import EngineOptions, EnginePool
+from evalmem.errors import InputError
 from evalmem.runner import open_engine_job
+from evalmem.settings import DataSpec, ExtractSettings, OutputSpec
 
 APPROX_THRESHOLD = 0.1  # "approximate" memorization: normalized edit distance within 10%
-MODES = ("decode", "screen", "verify", "auto")  # decode: the reference, all columns; the others: see NOT_DECODED
 NOT_DECODED = {"token_accuracy": pa.float64(), "edit_distance": pa.float64(), "approx_match": pa.bool_(),
                "generated_ids": pa.list_(pa.int32())}  # need generated text: null in screen and verify;
 # auto: null where a row was not fully decoded (it cannot match approximately: approx_match is False)
@@ -68,19 +69,10 @@ def extract(get_engine, windows: Windows, mode: str = "decode") -> tuple[pa.Tabl
 def _scored_columns(get_engine, windows: Windows, mode: str) -> dict:
     """screen / verify / auto columns: exact_match, match_len, near_tie and (screen) suffix_logprobs; the
     columns that need generated text are nulls (auto: only in rows that cannot match approximately)."""
-    from evalmem import screen
-
     n, suffix_len = windows.suffix.shape
     kwargs = {"max_distance": APPROX_THRESHOLD * suffix_len} if mode == "auto" else {}
-    if n:
-        engine = get_engine()
-        if mode == "verify":
-            if not hasattr(engine, "verify"):
-                raise InputError(f"--mode verify is not available with --engine {engine.name}")
-            scored = engine.verify(windows.prefix, windows.suffix)
-        else:
-            scored = getattr(screen, mode)(engine.model, windows.prefix, windows.suffix, engine.batch_size,
-                                           **kwargs)
+    if n:  # the registry guarantees the engine runs `mode` (evalmem.engines.engine_for)
+        scored = getattr(get_engine(), mode)(windows.prefix, windows.suffix, **kwargs)
     else:
         scored = {"match_len": np.zeros(0, np.int64), "near_tie": np.zeros(0, bool),
                   "generated": np.zeros((0, suffix_len), np.int64)}
@@ -119,25 +111,22 @@ def shard_stats(table: pa.Table) -> dict:
             "decoded": table.num_rows - table["generated_ids"].null_count}
 
 
-def extract_run(*, suffix_len, strict, mode="decode", **job_options) -> dict:
-    """`evalmem extract`: extraction over a whole data set into a resumable result directory. screen and
-    auto run the model in transformers (engine hf) whatever `engine` says; verify runs in `engine`."""
-    if mode not in MODES:
-        raise InputError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
-    if mode in ("screen", "auto"):
-        job_options["engine"] = "hf"
-    job = open_engine_job("extract", new_tokens=suffix_len, new_tokens_option="--suffix-len",
-                          settings={"mode": mode}, **job_options)
+def extract_run(job: ExtractSettings, data: DataSpec, output: OutputSpec, options: EngineOptions,
+                pool: EnginePool) -> dict:
+    """`evalmem extract`: extraction over a whole data set into a resumable result directory, in the engine
+    that runs `job.mode` (the one asked for, or the mode's default)."""
+    run = open_engine_job("extract", options=options, pool=pool, mode=job.mode, job=job, data=data, output=output,
+                          settings={"suffix_len": job.suffix_len, "mode": job.mode})
 
     def work(get_engine, start, stop):
-        windows = job.windows(start, stop)
-        if strict and windows.n_short:
+        windows = run.windows(start, stop)
+        if job.strict and windows.n_short:
             raise InputError(f"{windows.n_short} examples in rows {start}..{stop - 1} have fewer than "
-                             f"{job.prefix_len + suffix_len} tokens (--strict)")
-        table, seconds = extract(get_engine, windows, mode)
+                             f"{run.seq_len} tokens (--strict)")
+        table, seconds = extract(get_engine, windows, job.mode)
         return table, {"n_short": windows.n_short, "seconds": seconds, "stats": shard_stats(table)}
 
-    return job.execute(work, summarize)
+    return run.execute(work, summarize)
 
 
 def summarize(settings: dict, metas: list[dict]) -> dict:
@@ -153,10 +142,8 @@ def summarize(settings: dict, metas: list[dict]) -> dict:
                  "n_near_ties": totals["near_ties"]}
     if mode == "auto":
         text["n_fully_decoded"] = totals["decoded"]
-    summary = runner.summarize(
-        settings, metas, suffix_len, {"model": settings["model"]}, engine=settings["engine"],
+    window = settings["prefix_len"] + suffix_len
+    return runner.summarize(
+        settings, metas, window, window, {"model": settings["model"]}, engine=settings["engine"],
         suffix_len=suffix_len, mode=mode, exact_match_count=totals["exact"], exact_match_rate=totals["exact"] / n,
         mean_match_len=totals["match_len"] / n, **text)
-    summary["tokens_per_second"] = summary["n_examples"] * (settings["prefix_len"] + suffix_len) / summary["seconds"] \
-        if summary["seconds"] else None
-    return summary

@@ -12,10 +12,8 @@ The window is the same prefix+suffix window `extract` uses (data.py), so feature
 `example_id`.
 
 Why torch and not vLLM: every feature needs one teacher-forced forward pass, and the KL needs both
-models' FULL next-token distributions at every position. vLLM returns at most `max_logprobs` entries per
-position as Python objects, so a full-vocabulary KL through it means V objects per token; even the
-perplexities alone (`prompt_logprobs=0`) were slower through vLLM than one batched torch forward
-(README: measured figures). Batched torch forward passes of both models over the same batch are the
+models' FULL next-token distributions at every position, which vLLM returns only as Python objects per
+entry (docs/benchmarks.md). Batched torch forward passes of both models over the same batch are the
 fast path; the logits of a batch never leave the device.
 """
 
@@ -31,20 +29,12 @@ import torch.nn.functional as F
 
 from evalmem import runner
 from evalmem.data import check_vocabulary, cut_windows, load_source, token_lists
-from evalmem.engines import context_length, model_config
-from evalmem.errors import InputError, first_line
-from evalmem.predict import FEATURES
-from evalmem.runner import LazyEngine, load_tokenizer, open_job, resolve_dtype
+from evalmem.errors import InputError
+from evalmem.models import (context_length, device, load_causal_lm, load_tokenizer, model_config, resolve_dtype,
+                            vocab_size)
+from evalmem.runner import LazyEngine, open_job
+from evalmem.settings import FEATURES, DataSpec, FeatureSettings, OutputSpec
 from evalmem.store import write_json
-
-
-def load_model(name: str, dtype: str, device: str):
-    from transformers import AutoModelForCausalLM
-
-    try:
-        return AutoModelForCausalLM.from_pretrained(name, dtype=getattr(torch, dtype)).to(device).eval()
-    except Exception as exc:
-        raise InputError(f"cannot load model {name}: {first_line(exc)}") from exc
 
 
 def token_scores(logits_t: torch.Tensor, logits_b: torch.Tensor, ids: torch.Tensor, min_k: float) -> dict:
@@ -69,10 +59,10 @@ def zlib_entropy(texts: list[str]) -> np.ndarray:
 @torch.inference_mode()
 def score(teacher, baseline, windows: np.ndarray, tokenizer, batch_size: int, min_k: float) -> dict[str, np.ndarray]:
     """All features of the token windows (n, L), in batches."""
-    device = next(teacher.parameters()).device
+    on = next(teacher.parameters()).device
     parts = []
     for i in range(0, len(windows), batch_size):
-        ids = torch.from_numpy(windows[i:i + batch_size]).to(device)
+        ids = torch.from_numpy(windows[i:i + batch_size]).to(on)
         scores = token_scores(teacher(input_ids=ids).logits, baseline(input_ids=ids).logits, ids, min_k)
         parts.append({k: v.double().cpu().numpy() for k, v in scores.items()})
     out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {k: np.zeros(0) for k in FEATURES}
@@ -80,52 +70,47 @@ def score(teacher, baseline, windows: np.ndarray, tokenizer, batch_size: int, mi
     return {k: out[k] for k in FEATURES}
 
 
-def features_run(*, teacher, baseline, batch_size, min_k, **job_options) -> dict:
+def features_run(job: FeatureSettings, data: DataSpec, output: OutputSpec) -> dict:
     """`evalmem features`: every feature of every window into OUT/features.parquet (sharded, resumable)."""
-    if not 0 < min_k <= 1:
-        raise InputError(f"--min-k must be in (0, 1], got {min_k}")
-    job = open_job("features", models={"teacher": teacher, "baseline": baseline}, new_tokens_option="--suffix-len",
-                   settings={"min_k": min_k}, need_tokenizer=True, results="features.parquet", **job_options)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    job.engine = LazyEngine(lambda: tuple(load_model(m, job.dtype, device) for m in (teacher, baseline)))
+    run = open_job("features", models={"teacher": job.teacher, "baseline": job.baseline}, data=data, output=output,
+                   job=job, dtype=job.dtype, settings={"suffix_len": job.suffix_len, "min_k": job.min_k},
+                   need_tokenizer=True, results="features.parquet")
+    run.engine = LazyEngine(lambda: tuple(load_causal_lm(m, run.dtype) for m in (job.teacher, job.baseline)))
 
     def work(get_models, start, stop):
-        windows = job.windows(start, stop)
+        windows = run.windows(start, stop)
         began = time.perf_counter()  # run_shards takes the models' loading (startup) off these seconds
         teacher_model, baseline_model = get_models()
         values = score(teacher_model, baseline_model, np.concatenate([windows.prefix, windows.suffix], axis=1),
-                       job.tokenizer, batch_size, min_k)
+                       run.tokenizer, job.batch_size, job.min_k)
         return (pa.table({"example_id": windows.example_ids, **values}),
-                {"n_short": windows.n_short, "seconds": time.perf_counter() - began, "device": device})
+                {"n_short": windows.n_short, "seconds": time.perf_counter() - began, "device": device()})
 
-    return job.execute(work, summarize)
+    return run.execute(work, summarize)
 
 
 def summarize(settings: dict, metas: list[dict]) -> dict:
     """summary.json of a features run."""
-    suffix_len = settings["suffix_len"]
-    summary = runner.summarize(settings, metas, suffix_len, {k: settings[k] for k in ("teacher", "baseline")},
-                               suffix_len=suffix_len, features=list(FEATURES), min_k=settings["min_k"],
-                               device=",".join(sorted({m["device"] for m in metas})))
-    summary["tokens_per_second"] = summary["n_examples"] * (settings["prefix_len"] + suffix_len) / summary["seconds"] \
-        if summary["seconds"] else None
-    return summary
+    window = settings["prefix_len"] + settings["suffix_len"]
+    return runner.summarize(settings, metas, window, window, {k: settings[k] for k in ("teacher", "baseline")},
+                            suffix_len=settings["suffix_len"], features=list(FEATURES), min_k=settings["min_k"],
+                            device=",".join(sorted({m["device"] for m in metas})))
 
 
 @torch.inference_mode()
 def nll_sum(model, windows: np.ndarray, batch_size: int) -> float:
     """Summed negative log-likelihood of tokens 2..L of every window (n, L) under `model`."""
-    device = next(model.parameters()).device
+    on = next(model.parameters()).device
     total = 0.0
     for i in range(0, len(windows), batch_size):
-        ids = torch.from_numpy(windows[i:i + batch_size]).to(device)
+        ids = torch.from_numpy(windows[i:i + batch_size]).to(on)
         logits = model(input_ids=ids).logits[:, :-1].float()
         total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum").item()
     return total
 
 
-def perplexity_run(*, models: list[tuple[str, str]], data, split, data_config, text_column, tokenizer, limit,
-                   window_len, batch_size, dtype, out) -> dict:
+def perplexity_run(models: list[tuple[str, str]], data: DataSpec, window_len: int, batch_size: int, dtype: str,
+                   out: str) -> dict:
     """`evalmem perplexity`: each model's perplexity over the first `window_len` tokens of every example
     (the utility of a checkpoint on held-out windows); written to the JSON file `out`."""
     names = [name for name, _ in models]
@@ -138,18 +123,17 @@ def perplexity_run(*, models: list[tuple[str, str]], data, split, data_config, t
         if (context_length(config) or window_len) < window_len:
             raise InputError(f"--window-len {window_len} exceeds the context of {path} "
                              f"({context_length(config)} tokens)")
-    source = load_source(data, split, data_config, text_column, limit)
-    tok = load_tokenizer(tokenizer or models[0][1]) if source.token_column is None else None
-    check_vocabulary(source, min(c.get_text_config().vocab_size for c in configs.values()))
+    source = load_source(data)
+    tok = load_tokenizer(data.tokenizer or models[0][1]) if source.token_column is None else None
+    check_vocabulary(source, min(vocab_size(c) for c in configs.values()))
     windows = cut_windows(token_lists(source, 0, len(source), tok), source.ids, window_len, 0)
     if not windows.example_ids:
-        raise InputError(f"no example of {data} has --window-len = {window_len} tokens")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+        raise InputError(f"no example of {data.path} has --window-len = {window_len} tokens")
     tokens = windows.prefix.size - len(windows.prefix)
-    result = {"data": data, "data_fingerprint": source.fingerprint, "window_len": window_len,
+    result = {"data": data.path, "data_fingerprint": source.fingerprint, "window_len": window_len,
               "n_windows": len(windows.example_ids), "n_skipped_short": windows.n_short, "models": {}}
     for name, path in models:
-        model = load_model(path, resolve_dtype(configs[path], dtype), device)
+        model = load_causal_lm(path, resolve_dtype(configs[path], dtype))
         nll = nll_sum(model, windows.prefix, batch_size) / tokens
         result["models"][name] = {"model": path, "mean_nll": nll, "perplexity": float(np.exp(nll))}
     write_json(out, result)

@@ -1,8 +1,7 @@
 """`evalmem generate`: the teacher continues each training example's prefix (the hard-label corpus).
 
 Rows: `example_id`, `input_ids` (the example's first PREFIX-LEN tokens + MAX-NEW-TOKENS generated ones)
-and `text` (those tokens decoded). Examples with fewer than PREFIX-LEN + MAX-NEW-TOKENS tokens are left
-out, as in `extract`: they are not full training windows.
+and `text` (those tokens decoded). Only the prefix is read: examples shorter than PREFIX-LEN are left out.
 """
 
 from __future__ import annotations
@@ -13,8 +12,9 @@ import numpy as np
 import pyarrow as pa
 
 from evalmem import runner
-from evalmem.errors import InputError
+from evalmem.engines import EngineOptions, EnginePool
 from evalmem.runner import open_engine_job
+from evalmem.settings import DataSpec, GenerateSettings, OutputSpec
 
 
 def continue_prefixes(get_engine, example_ids: list, prefix: np.ndarray, max_new_tokens: int, tokenizer,
@@ -31,29 +31,26 @@ def continue_prefixes(get_engine, example_ids: list, prefix: np.ndarray, max_new
     return table, seconds
 
 
-def generate_run(*, max_new_tokens, temperature, top_p, seed, **job_options) -> dict:
+def generate_run(job: GenerateSettings, data: DataSpec, output: OutputSpec, options: EngineOptions,
+                 pool: EnginePool) -> dict:
     """Generate the corpus over a whole data set into a resumable result directory; return its summary."""
-    if temperature < 0 or not 0 < top_p <= 1:
-        raise InputError(f"--temperature must be >= 0 and --top-p in (0, 1], got {temperature} and {top_p}")
-    sampling = {"temperature": temperature, "top_p": top_p, "seed": seed}
-    job = open_engine_job("generate", new_tokens=max_new_tokens, new_tokens_option="--max-new-tokens",
-                          settings=sampling, need_tokenizer=True, **job_options)
+    sampling = job.sampling()
+    run = open_engine_job("generate", options=options, pool=pool, mode="decode", job=job, data=data, output=output,
+                          settings={"max_new_tokens": job.max_new_tokens, **sampling},
+                          need_tokenizer=True, window_tokens=job.prefix_len)
 
     def work(get_engine, start, stop):
-        windows = job.windows(start, stop)
-        table, seconds = continue_prefixes(get_engine, windows.example_ids, windows.prefix, max_new_tokens,
-                                           job.tokenizer, sampling)
+        windows = run.windows(start, stop)
+        table, seconds = continue_prefixes(get_engine, windows.example_ids, windows.prefix, job.max_new_tokens,
+                                           run.tokenizer, sampling)
         return table, {"n_short": windows.n_short, "seconds": seconds}
 
-    return job.execute(work, summarize)
+    return run.execute(work, summarize)
 
 
 def summarize(settings: dict, metas: list[dict]) -> dict:
-    """summary.json of a generation run."""
+    """summary.json of a generation run (tokens_per_second: new tokens)."""
     new_tokens = settings["max_new_tokens"]
-    summary = runner.summarize(settings, metas, new_tokens, {"model": settings["model"]}, engine=settings["engine"],
-                               max_new_tokens=new_tokens,
-                               **{k: settings[k] for k in ("temperature", "top_p", "seed")})
-    summary["new_tokens_per_second"] = summary["n_examples"] * new_tokens / summary["seconds"] \
-        if summary["seconds"] else None
-    return summary
+    return runner.summarize(settings, metas, settings["prefix_len"], new_tokens, {"model": settings["model"]},
+                            engine=settings["engine"], max_new_tokens=new_tokens,
+                            **{k: settings[k] for k in ("temperature", "top_p", "seed")})

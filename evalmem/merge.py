@@ -17,7 +17,7 @@ from pathlib import Path
 
 from evalmem.errors import InputError
 from evalmem.runner import finish, missing_parts
-from evalmem.store import RunDir, write_atomic, write_json
+from evalmem.store import RunDir, settings_diff, write_atomic, write_json
 
 COMMANDS = {"extract": ("evalmem.extraction", "results.parquet"),
             "generate": ("evalmem.generation", "results.parquet"),
@@ -55,8 +55,7 @@ def merge_run(out: str, parts: list[str]) -> dict:
     settings = first["settings"]
     for path, manifest in manifests.items():
         if manifest is not None and manifest["settings"] != settings:
-            other = manifest["settings"]
-            diff = sorted(k for k in set(other) | set(settings) if other.get(k) != settings.get(k))
+            diff = settings_diff(manifest["settings"], settings)
             raise InputError(f"{path} holds a run with other settings than {out_path} ({', '.join(diff)}); "
                              "only parts of the same run can be merged")
     if settings["command"] not in COMMANDS:

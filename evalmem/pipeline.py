@@ -1,13 +1,13 @@
-"""`evalmem pipeline`: the paper's whole experiment from one recipe (train/recipes/*.yaml), stage by stage.
+"""`evalmem pipeline`: the paper's whole experiment from one recipe (recipes/*.yaml), stage by stage.
 
 Each stage is one command a user could run by hand (printed, with its log in OUT/logs/STAGE.log), and
 is skipped when its output is already complete, so a killed pipeline continues from its last finished stage:
 
-    prepare          python -m train prepare                      offline recipes: tokenizer, base models, data
-    teacher          python -m train finetune --run teacher       -> OUT/teacher
-    baseline-seedS   python -m train finetune --run baseline      one per seed (evaluate.baseline_seeds)
+    prepare          evalmem-train prepare                        offline recipes: tokenizer, base models, data
+    teacher          evalmem-train finetune --run teacher         -> OUT/teacher
+    baseline-seedS   evalmem-train finetune --run baseline        one per seed (evaluate.baseline_seeds)
     corpus           evalmem generate                             the teacher's hard-label corpus
-    soft, hard       python -m train distill-soft / distill-hard  the students
+    soft, hard       evalmem-train distill-soft / distill-hard    the students
     extract-MODEL    evalmem extract                              every checkpoint -> OUT/extract/MODEL
     features         evalmem features                             teacher vs the first baseline
     predict          evalmem predict                              labels: evaluate.predict_student's matches
@@ -15,6 +15,7 @@ is skipped when its output is already complete, so a killed pipeline continues f
     compare          evalmem compare
     report           evalmem report                               -> OUT/report.html, ends with the paper table
 
+Stages run as `python -m evalmem ...` / `python -m evalmem.train ...` subprocesses (the commands above).
 OUT/recipe.yaml holds the resolved recipe every stage reads; OUT/pipeline.json each stage's status and time.
 """
 
@@ -32,7 +33,8 @@ import click
 import yaml
 
 from evalmem.errors import InputError
-from evalmem.store import write_atomic, write_json
+from evalmem.recipe import Data, Evaluate, Recipe, load_recipe, recipe_yaml
+from evalmem.store import make_dir, settings_diff, write_atomic, write_json
 
 
 class StageFailed(click.ClickException):
@@ -44,75 +46,75 @@ class StageFailed(click.ClickException):
 @dataclass
 class Stage:
     name: str
-    argv: list[str]  # after `python -m`
+    argv: list[str]  # after `python -m`: a module (evalmem, evalmem.train) and its arguments
     done: Path  # exists once the stage has finished
     optional: bool = False  # the pipeline goes on without it (e.g. a predictor with no positive example)
 
 
-def resolve(recipe_path: str, out: str, overrides: dict) -> tuple[dict, Path]:
-    """The recipe with `out` and overrides applied, saved as OUT/recipe.yaml; a rerun must match it."""
-    from train.recipe import load_recipe
-
-    recipe = load_recipe(recipe_path, {**overrides, "out": out})
+def resolve(recipe_path: str, out: str, sets: tuple[str, ...]) -> tuple[Recipe, Path]:
+    """The recipe with `--set` overrides and `out` applied, saved as OUT/recipe.yaml; a rerun must match it."""
+    recipe = load_recipe(recipe_path, [*sets, f"out={out}"])
     saved = Path(out) / "recipe.yaml"
-    text = yaml.safe_dump(recipe, sort_keys=False)
-    old = (yaml.safe_load(saved.read_text()) or {}) if saved.exists() else recipe
-    if old != recipe:
-        diff = sorted(k for k in set(old) | set(recipe) if old.get(k) != recipe.get(k))
+    text = recipe_yaml(recipe)
+    old = (yaml.safe_load(saved.read_text()) or {}) if saved.exists() else yaml.safe_load(text)
+    diff = settings_diff(old, yaml.safe_load(text))
+    if diff:
         raise InputError(f"{out} holds a pipeline run with other settings ({', '.join(diff)}); use another --out "
                          "or the same recipe and --set values to continue it")
-    saved.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(saved.parent)
     write_atomic(saved, lambda tmp: Path(tmp).write_text(text))
     return recipe, saved
 
 
-def data_args(data: dict, heldout: bool = False) -> list[str]:
+def data_args(data: Data, heldout: bool = False) -> list[str]:
     """--data/--split/--config/--text-column/--limit of the recipe's training data or held-out data."""
-    path, config, split, limit = (data[k] for k in (("heldout", "heldout_config", "heldout_split", "heldout_limit")
-                                                    if heldout else ("path", "config", "split", "limit")))
-    args = ["--data", path, "--split", split, "--text-column", data["text_column"]]
+    path, config, split, limit = ((data.heldout, data.heldout_config, data.heldout_split, data.heldout_limit)
+                                  if heldout else (data.path, data.config, data.split, data.limit))
+    args = ["--data", path, "--split", split, "--text-column", data.text_column]
     return args + (["--config", config] if config else []) + (["--limit", str(limit)] if limit else [])
 
 
-def stages(recipe: dict, recipe_file: Path) -> list[Stage]:
-    """Every stage of the recipe's experiment, in order."""
-    out, ev, data = Path(recipe["out"]), recipe["evaluate"], recipe["data"]
-    train = ["train"]
-    rec = ["--recipe", str(recipe_file)]
-    engine = ["--engine", ev["engine"], "--dtype", ev["dtype"],
-              "--tensor-parallel-size", str(ev["tensor_parallel_size"])]
-    lengths = ["--prefix-len", str(ev["prefix_len"]), "--suffix-len", str(ev["suffix_len"])]
-    seeds = [recipe["seed"] + i for i in range(ev["baseline_seeds"])]
-    baselines = [f"baseline-seed{s}" for s in seeds]
-    models = ["teacher", *baselines, "soft", "hard"]
-    found = []
-    if recipe["prepare"]["builder"]:
-        found.append(Stage("prepare", [*train, "prepare", *rec], out / "base" / "prepared.json"))
+def engine_args(ev: Evaluate) -> list[str]:
+    return (["--engine", ev.engine] if ev.engine else []) + ["--dtype", ev.dtype, "--tensor-parallel-size",
+                                                             str(ev.tensor_parallel_size)]
+
+
+def training_stages(recipe: Recipe, rec: list[str], baselines: dict[str, int]) -> list[Stage]:
+    """prepare (offline recipes), teacher, baselines, corpus, soft, hard."""
+    out, train = recipe.out_path, ["evalmem.train"]
+    found = [Stage("prepare", [*train, "prepare", *rec], out / "base" / "prepared.json")] \
+        if recipe.prepare.builder else []
     found.append(Stage("teacher", [*train, "finetune", "--run", "teacher", *rec], out / "teacher"))
     found += [Stage(b, [*train, "finetune", "--run", "baseline", "--seed", str(s), *rec], out / b)
-              for s, b in zip(seeds, baselines)]
-    corpus = recipe["hard"]["corpus"] or str(out / "corpus")
-    new_tokens = data["window_len"] - recipe["hard"]["prefix_len"]
-    found.append(Stage("corpus", ["evalmem", "generate", "--model", str(out / "teacher"), *data_args(data),
-                                  "--prefix-len", str(recipe["hard"]["prefix_len"]), "--max-new-tokens",
-                                  str(new_tokens), "--out", corpus, *engine], Path(corpus) / "summary.json"))
-    found += [Stage(s, [*train, f"distill-{s}", *rec], out / s) for s in ("soft", "hard")]
-    extract = out / "extract"
-    found += [Stage(f"extract-{m}", ["evalmem", "extract", "--model", str(out / m), *data_args(data), *lengths,
-                                     "--mode", ev["mode"], "--out", str(extract / m), *engine],
-                    extract / m / "summary.json") for m in models]
+              for b, s in baselines.items()]
+    corpus = recipe.hard.corpus or str(out / "corpus")
+    new_tokens = recipe.data.window_len - recipe.hard.prefix_len
+    found.append(Stage("corpus", ["evalmem", "generate", "--model", str(out / "teacher"), *data_args(recipe.data),
+                                  "--prefix-len", str(recipe.hard.prefix_len), "--max-new-tokens", str(new_tokens),
+                                  "--out", corpus, *engine_args(recipe.evaluate)], Path(corpus) / "summary.json"))
+    return found + [Stage(s, [*train, f"distill-{s}", *rec], out / s) for s in ("soft", "hard")]
+
+
+def evaluation_stages(recipe: Recipe, baselines: list[str]) -> list[Stage]:
+    """extract-MODEL for every checkpoint, features, predict, utility, compare."""
+    out, ev, data, extract = recipe.out_path, recipe.evaluate, recipe.data, recipe.out_path / "extract"
+    lengths = ["--prefix-len", str(ev.prefix_len), "--suffix-len", str(ev.suffix_len)]
+    models = ["teacher", *baselines, "soft", "hard"]
+    found = [Stage(f"extract-{m}", ["evalmem", "extract", "--model", str(out / m), *data_args(data), *lengths,
+                                    "--mode", ev.mode, "--out", str(extract / m), *engine_args(ev)],
+                   extract / m / "summary.json") for m in models]
     found.append(Stage("features", ["evalmem", "features", "--teacher", str(out / "teacher"), "--baseline",
-                                    str(out / baselines[0]), *data_args(data), *lengths, "--dtype", ev["dtype"],
+                                    str(out / baselines[0]), *data_args(data), *lengths, "--dtype", ev.dtype,
                                     "--out", str(out / "features")], out / "features" / "summary.json"))
     found.append(Stage("predict", ["evalmem", "predict", "--features", str(out / "features"), "--labels",
-                                   str(extract / ev["predict_student"]), "--out", str(out / "predict"),
-                                   "--trials", str(ev["trials"]), "--neg-ratio", str(ev["neg_ratio"]),
-                                   "--test-size", str(ev["test_size"]), "--seed", str(recipe["seed"])],
+                                   str(extract / ev.predict_student), "--out", str(out / "predict"),
+                                   "--trials", str(ev.trials), "--neg-ratio", str(ev.neg_ratio),
+                                   "--test-size", str(ev.test_size), "--seed", str(recipe.seed)],
                        out / "predict" / "predict.json", optional=True))
-    if data["heldout"]:
+    if data.heldout:
         found.append(Stage("utility", ["evalmem", "perplexity", *[f"--model={m}={out / m}" for m in models],
-                                       *data_args(data, heldout=True), "--window-len", str(data["window_len"]),
-                                       "--dtype", ev["dtype"], "--out", str(out / "utility.json")],
+                                       *data_args(data, heldout=True), "--window-len", str(data.window_len),
+                                       "--dtype", ev.dtype, "--out", str(out / "utility.json")],
                            out / "utility.json"))
     found.append(Stage("compare", ["evalmem", "compare", "--teacher", f"teacher={extract / 'teacher'}",
                                    *[f"--baseline={b}={extract / b}" for b in baselines],
@@ -121,11 +123,18 @@ def stages(recipe: dict, recipe_file: Path) -> list[Stage]:
     return found
 
 
-def report_stage(recipe: dict, predicted: bool) -> Stage:
+def stages(recipe: Recipe, recipe_file: Path) -> list[Stage]:
+    """Every stage of the recipe's experiment, in order."""
+    baselines = {f"baseline-seed{recipe.seed + i}": recipe.seed + i for i in range(recipe.evaluate.baseline_seeds)}
+    return (training_stages(recipe, ["--recipe", str(recipe_file)], baselines)
+            + evaluation_stages(recipe, list(baselines)))
+
+
+def report_stage(recipe: Recipe, predicted: bool) -> Stage:
     """The report: with the predictor and utility where those stages produced them."""
-    out = Path(recipe["out"])
+    out = recipe.out_path
     extra = ["--predict", str(out / "predict")] if predicted else []
-    extra += ["--utility", str(out / "utility.json")] if recipe["data"]["heldout"] else []
+    extra += ["--utility", str(out / "utility.json")] if recipe.data.heldout else []
     return Stage("report", ["evalmem", "report", "--compare", str(out / "compare"), *extra,
                             "--out", str(out / "report.html")], out / "report.html")
 
@@ -153,12 +162,11 @@ def predicted(record: dict) -> bool:
     return record["predict"]["status"] in ("ran", "done")
 
 
-def pipeline_run(recipe_path: str, out: str, overrides: dict) -> tuple[dict, dict]:
+def pipeline_run(recipe_path: str, out: str, sets: tuple[str, ...]) -> tuple[Recipe, dict]:
     """Run (or continue) the pipeline; return the resolved recipe and each stage's status and seconds
     (a stage finished by an earlier invocation keeps the time it took then)."""
-    recipe, recipe_file = resolve(recipe_path, out, overrides)
-    logs = Path(out) / "logs"
-    logs.mkdir(exist_ok=True)
+    recipe, recipe_file = resolve(recipe_path, out, sets)
+    logs = make_dir(Path(out) / "logs")
     record_path = Path(out) / "pipeline.json"
     earlier = json.loads(record_path.read_text()) if record_path.exists() else {}
     todo = stages(recipe, recipe_file)
@@ -181,14 +189,15 @@ def pipeline_run(recipe_path: str, out: str, overrides: dict) -> tuple[dict, dic
     return recipe, record
 
 
-def summary(recipe: dict, record: dict) -> str:
+def summary(recipe: Recipe, record: dict) -> str:
     """Stage times and the paper-shaped table, as Markdown."""
-    from evalmem.report import load_inputs, markdown, summary_tables
+    from evalmem.report import load_inputs
+    from evalmem.tables import markdown, summary_tables
 
-    out = Path(recipe["out"])
+    out = recipe.out_path
     times = ("Stages", ["stage", "status", "seconds"],
              [[name, entry["status"], entry["seconds"]] for name, entry in record.items()]
              + [["total", "", round(sum(e["seconds"] for e in record.values()), 1)]])
     inputs = load_inputs(out / "compare", out / "predict" if predicted(record) else None,
-                         out / "utility.json" if recipe["data"]["heldout"] else None)
+                         out / "utility.json" if recipe.data.heldout else None)
     return markdown([times, *summary_tables(*inputs)]) + f"\nreport: {out / 'report.html'}"

@@ -19,12 +19,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from evalmem.analysis import check_protocol, read_settings, read_table
+from evalmem.analysis import check_protocol, read_settings
 from evalmem.errors import InputError, first_line
-from evalmem.store import write_atomic, write_json
-
-FEATURES = ("teacher_ppl", "baseline_ppl", "kl_teacher_baseline", "zlib_entropy", "min_k_logprob")
-DEFAULT_FEATURES = FEATURES[:4]  # the paper's four; min_k_logprob is opt-in
+from evalmem.settings import DEFAULT_FEATURES, FEATURES, DataSpec, PredictSettings
+from evalmem.store import make_dir, read_results, write_atomic, write_json
 
 
 def make_model():
@@ -38,7 +36,7 @@ def make_model():
 def load_features(features_dir: str | Path, columns) -> tuple[dict, pa.Table]:
     path = Path(features_dir)
     settings = read_settings(path, "features.parquet")
-    return settings, read_table(path / "features.parquet", ["example_id", *columns])
+    return settings, read_results(path / "features.parquet", ["example_id", *columns])
 
 
 def labeled(features_dir, labels_dir, columns) -> tuple[np.ndarray, np.ndarray]:
@@ -46,7 +44,7 @@ def labeled(features_dir, labels_dir, columns) -> tuple[np.ndarray, np.ndarray]:
     settings, feats = load_features(features_dir, columns)
     labels_path = Path(labels_dir)
     check_protocol([(str(features_dir), settings), (str(labels_dir), read_settings(labels_path, "results.parquet"))])
-    labels = read_table(labels_path / "results.parquet", ["example_id", "exact_match"])
+    labels = read_results(labels_path / "results.parquet", ["example_id", "exact_match"])
     joined = feats.join(labels, "example_id", join_type="inner")
     if joined.num_rows == 0:
         raise InputError(f"{features_dir} and {labels_dir} share no example_id")
@@ -112,7 +110,7 @@ def fit_predictor(x: np.ndarray, y: np.ndarray, names, trials: int, neg_ratio: f
     return report, final
 
 
-def predict_run(*, features, labels, out, columns, trials, neg_ratio, test_size, seed) -> dict:
+def predict_run(features: str, labels: str, out: str, columns, protocol: PredictSettings) -> dict:
     """`evalmem predict`: fit and evaluate; write OUT/predict.json and OUT/model.joblib."""
     import joblib
 
@@ -121,19 +119,26 @@ def predict_run(*, features, labels, out, columns, trials, neg_ratio, test_size,
     if unknown:
         raise InputError(f"unknown feature {', '.join(unknown)}: choose from {', '.join(FEATURES)}")
     x, y = labeled(features, labels, columns)
-    report, model = fit_predictor(x, y, columns, trials, neg_ratio, test_size, seed)
+    report, model = fit_predictor(x, y, columns, protocol.trials, protocol.neg_ratio, protocol.test_size,
+                                  protocol.seed)
     report.update({"features_dir": str(features), "labels_dir": str(labels), "model_file": "model.joblib"})
-    out = Path(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot write to {out}: {exc.strerror or first_line(exc)}") from exc
+    out = make_dir(out)
     write_atomic(out / "model.joblib", lambda tmp: joblib.dump({"model": model, "features": columns}, tmp))
     write_json(out / "predict.json", report)
     return report
 
 
-def filter_run(*, predictor, features, data, split, data_config, text_column, out, threshold, top_frac) -> dict:
+def risky(prob: np.ndarray, threshold: float | None, top_frac: float | None) -> np.ndarray:
+    """Which examples the predictor marks: probability >= threshold, or the top_frac share by probability."""
+    if top_frac is None:
+        return prob >= threshold
+    marked = np.zeros(len(prob), dtype=bool)
+    marked[np.argsort(-prob, kind="stable")[:int(round(top_frac * len(prob)))]] = True
+    return marked
+
+
+def filter_run(predictor: str, features: str, data: DataSpec, out: str, threshold: float | None,
+               top_frac: float | None) -> dict:
     """`evalmem filter`: write DATA without the examples the predictor marks risky."""
     import joblib
 
@@ -143,22 +148,19 @@ def filter_run(*, predictor, features, data, split, data_config, text_column, ou
         raise InputError("give exactly one of --threshold and --top-frac")
     if Path(out).suffix not in (".jsonl", ".parquet"):
         raise InputError(f"--out must end in .jsonl or .parquet, got {out}")
+    if Path(out).resolve() == Path(data.path).resolve():
+        raise InputError(f"--out {out} is the input --data: write the filtered data to another file")
     try:
         saved = joblib.load(Path(predictor) / "model.joblib")
     except Exception as exc:
         raise InputError(f"cannot load the predictor in {predictor}: {first_line(exc)}") from exc
     settings, feats = load_features(features, saved["features"])
-    source = load_source(data, split, data_config, text_column)
+    source = load_source(data)
     if settings.get("data_fingerprint") != source.fingerprint:
-        raise InputError(f"{features} was computed on other data than {data} (data fingerprints differ)")
+        raise InputError(f"{features} was computed on other data than {data.path} (data fingerprints differ)")
     x = np.column_stack([feats[c].to_numpy().astype(np.float64) for c in saved["features"]])
     prob = saved["model"].predict_proba(x)[:, 1]
-    if top_frac is not None:
-        risky = np.zeros(len(prob), dtype=bool)
-        risky[np.argsort(-prob, kind="stable")[:int(round(top_frac * len(prob)))]] = True
-    else:
-        risky = prob >= threshold
-    dropped = set(pc.filter(feats["example_id"], pa.array(risky)).to_pylist())
+    dropped = set(pc.filter(feats["example_id"], pa.array(risky(prob, threshold, top_frac))).to_pylist())
     table = source.rows.with_format("arrow")[:]
     if "id" not in table.column_names:  # keep the original ids so results on OUT join results on DATA
         table = table.append_column("id", pa.array(source.ids))

@@ -107,22 +107,34 @@ def _verify_batch(model, prefix: torch.Tensor, true: torch.Tensor, tolerance: fl
     n = len(true)
     match_len = torch.zeros(n, dtype=torch.long, device=true.device)
     near_tie = torch.zeros(n, dtype=torch.bool, device=true.device)
-    rows = torch.arange(n, device=true.device)  # the rows still matching, in the cache's order
-    out = model(input_ids=prefix, use_cache=True, logits_to_keep=1)
-    cache, logits = out.past_key_values, out.logits[:, -1]
-    for step in range(steps):
-        hit, gap, _ = decide(logits, true[rows, step])
+
+    def step(rows, t, logits):
+        hit, gap, _ = decide(logits, true[rows, t])
         near_tie[rows] |= gap < tolerance
         match_len[rows] += hit.long()
-        if step == steps - 1 or not hit.any():
-            break
-        if not hit.all():
-            keep = hit.nonzero().squeeze(1)
-            cache.batch_select_indices(keep)
-            rows = rows[keep]
-        out = model(input_ids=true[rows, step, None], past_key_values=cache, use_cache=True)
-        cache, logits = out.past_key_values, out.logits[:, -1]
+        return (hit if t < steps - 1 else None), true[rows, t]
+
+    _decode_rows(model, prefix, step)
     return match_len, near_tie
+
+
+def _decode_rows(model, prefix: torch.Tensor, step) -> None:
+    """Greedy decoding of prefix (n, P) with a KV cache that drops the rows it no longer needs: at each step t,
+    `step(rows, t, logits)` (rows: the original indices still decoding, logits: their next-token logits) returns
+    which of them go on (None: stop) and the tokens they are fed."""
+    rows = torch.arange(len(prefix), device=prefix.device)
+    out = model(input_ids=prefix, use_cache=True, logits_to_keep=1)
+    cache, logits, t = out.past_key_values, out.logits[:, -1], 0
+    while True:
+        keep, tokens = step(rows, t, logits)
+        if keep is None or not keep.any():
+            return
+        if not keep.all():
+            keep = keep.nonzero().squeeze(1)
+            cache.batch_select_indices(keep)
+            rows, tokens = rows[keep], tokens[keep]
+        out = model(input_ids=tokens[:, None], past_key_values=cache, use_cache=True)
+        cache, logits, t = out.past_key_values, out.logits[:, -1], t + 1
 
 
 def auto(model, prefix: np.ndarray, suffix: np.ndarray, batch_size: int, max_distance: float
@@ -140,27 +152,21 @@ def _auto_batch(model, prefix: torch.Tensor, true: torch.Tensor, tolerance: floa
     near_tie = torch.zeros(n, dtype=torch.bool, device=true.device)
     matching = torch.ones(n, dtype=torch.bool, device=true.device)
     generated = torch.full((n, length), -1, dtype=torch.long, device=true.device)
-    rows, alive_true, dist = torch.arange(n, device=true.device), true, span.repeat(n, 1)  # the rows decoding
-    out = model(input_ids=prefix, use_cache=True, logits_to_keep=1)
-    cache, logits = out.past_key_values, out.logits[:, -1]
-    for step in range(length):
+    dist = span.repeat(n, 1)  # each row's Levenshtein row against its true suffix
+
+    def step(rows, t, logits):
         token = logits.argmax(-1)
-        hit, gap, _ = decide(logits, alive_true[:, step])
+        hit, gap, _ = decide(logits, true[rows, t])
         still = matching[rows]
         near_tie[rows] |= still & (gap < tolerance)  # the positions deciding exact_match and match_len
         match_len[rows] += (still & hit).long()
         matching[rows] = still & hit
-        generated[rows, step] = token
-        dist = levenshtein_step(dist, token, alive_true, step + 1)
-        keep = (dist + (span - step - 1).abs()).min(1).values <= max_distance
-        if step == length - 1 or not keep.any():
-            break
-        if not keep.all():
-            keep = keep.nonzero().squeeze(1)
-            cache.batch_select_indices(keep)
-            rows, alive_true, dist, token = rows[keep], alive_true[keep], dist[keep], token[keep]
-        out = model(input_ids=token[:, None], past_key_values=cache, use_cache=True)
-        cache, logits = out.past_key_values, out.logits[:, -1]
+        generated[rows, t] = token
+        dist[rows] = levenshtein_step(dist[rows], token, true[rows], t + 1)
+        keep = (dist[rows] + (span - t - 1).abs()).min(1).values <= max_distance
+        return (keep if t < length - 1 else None), token
+
+    _decode_rows(model, prefix, step)
     return match_len, near_tie, generated
 
 
@@ -178,9 +184,8 @@ def levenshtein_step(dist: torch.Tensor, token: torch.Tensor, true: torch.Tensor
 def _over_batches(model, batch_fn, prefix: np.ndarray, suffix: np.ndarray, batch_size: int,
                   names: tuple[str, ...]) -> dict[str, np.ndarray]:
     """batch_fn(model, prefix, true, tolerance) on every `batch_size` windows of prefix (n, P) and suffix
-    (n, L), its tensors gathered into numpy arrays under `names`. On CPU two batches run at once on
-    half the threads each: a small model's many short element-wise ops scale better across batches than
-    within one (screen and verify 7-10% faster on 2 cores, 9M and 40M models)."""
+    (n, L), its tensors gathered into numpy arrays under `names`. On CPU two batches run at once on half the
+    threads each: a small model's many short element-wise ops scale better across batches than within one."""
     param = next(model.parameters())
     tolerance = near_tie_tolerance(param.dtype)
 
@@ -204,8 +209,8 @@ def _over_batches(model, batch_fn, prefix: np.ndarray, suffix: np.ndarray, batch
 
 def _store(out: dict[str, np.ndarray], start: int, n: int, part: dict[str, torch.Tensor]) -> None:
     """Copy one batch's tensors into rows start... of `out`'s arrays (made at the first batch, n rows each).
-    Copied at once, so that no small tensor outlives its batch: kept, they fragmented the heap between the
-    batches' large logits (RSS 0.6 -> 3-5 GB over 4,000 windows with 2 threads)."""
+    Copied at once, so that no small tensor outlives its batch: kept, they fragment the heap between the
+    batches' large logits."""
     for name, tensor in part.items():
         value = tensor.cpu().numpy()
         if start == 0:

@@ -54,26 +54,42 @@ class RunDir:
         self.summary_path = self.path / "summary.json"
 
     def open(self) -> None:
-        """Create the directory and its manifest, or check that an existing one has our settings."""
-        manifest_path = self.path / "manifest.json"
+        """Create the directory, and refuse one that holds results of other settings. The manifest is written
+        with the first shard: a run that never produced a result (say, its model failed to load) locks nothing."""
+        make_dir(self.shards)
+        old = self.manifest_settings()
+        if old is not None and old != json.loads(json.dumps(self.settings, default=str)) and self.has_shards():
+            diff = ", ".join(settings_diff(old, self.settings))
+            raise InputError(f"{self.path} holds a run with other settings ({diff}); use a new --out directory or "
+                             "the same settings to resume")
+
+    def manifest_settings(self) -> dict | None:
+        """The settings in manifest.json, None where there is none; a one-line error where it is unreadable."""
+        path = self.path / "manifest.json"
+        if not path.exists():
+            return None
         try:
-            self.shards.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise InputError(f"cannot write to {self.path}: {exc.strerror or first_line(exc)}") from exc
-        if manifest_path.exists():
-            try:
-                old = json.loads(manifest_path.read_text())["settings"]
-            except (ValueError, KeyError) as exc:
-                raise InputError(f"{manifest_path} is unreadable; use a new --out directory") from exc
-            if old != json.loads(json.dumps(self.settings, default=str)):
-                diff = sorted(k for k in set(old) | set(self.settings) if old.get(k) != self.settings.get(k))
-                raise InputError(f"{self.path} holds a run with other settings ({', '.join(diff)}); "
-                                 "use a new --out directory or the same settings to resume")
-        else:
-            write_json(manifest_path, {"settings": self.settings, "versions": versions()})
+            return json.loads(path.read_text())["settings"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InputError(f"{path} is unreadable; use a new --out directory") from exc
+
+    def has_shards(self) -> bool:
+        return any(self.shards.glob("*.parquet")) or self.results.exists()
+
+    def write_manifest(self) -> None:
+        if self.manifest_settings() != json.loads(json.dumps(self.settings, default=str)):
+            write_json(self.path / "manifest.json", {"settings": self.settings, "versions": versions()})
 
     def is_complete(self) -> bool:
-        return self.summary_path.exists() and self.results.exists()
+        """Results and summary written, and every shard's footer still that of this run (a cheap check: a
+        damaged shard is recomputed and the results written again)."""
+        if not (self.summary_path.exists() and self.results.exists()):
+            return False
+        try:
+            n_shards = self.read_summary()["n_shards"]
+            return all(footer_meta(self.shard_path(i)).get("key") == self.key for i in range(n_shards))
+        except Exception:  # a summary or footer that does not read
+            return False
 
     def read_summary(self) -> dict:
         return json.loads(self.summary_path.read_text())
@@ -92,7 +108,7 @@ class RunDir:
             return None, "missing"
         try:
             footer = pq.read_metadata(path)
-            meta = json.loads(footer.metadata[SHARD_KEY])
+            meta = footer_meta(path, footer)
         except Exception:
             return None, "damaged"
         if meta.get("key") != self.key:
@@ -107,6 +123,7 @@ class RunDir:
 
     def write_shard(self, index: int, table: pa.Table, meta: dict) -> None:
         """Write one shard atomically, with `meta` in its footer."""
+        self.write_manifest()
         meta = {**meta, "key": self.key, "index": index, "n_rows": table.num_rows}
         table = table.replace_schema_metadata({SHARD_KEY: json.dumps(meta)})
         write_atomic(self.shard_path(index), lambda tmp: pq.write_table(table, tmp, write_page_checksum=True))
@@ -116,6 +133,7 @@ class RunDir:
         tables = [self._read_shard(i) for i in range(n_shards)]
         tables = [t.replace_schema_metadata(None) for t in tables if t.num_rows]
         table = pa.concat_tables(tables, promote_options="default")
+        summary = {**summary, "n_shards": n_shards}
         table = table.replace_schema_metadata({SUMMARY_KEY: json.dumps(summary)})
         write_atomic(self.results, lambda tmp: pq.write_table(table, tmp, write_page_checksum=True))
         write_json(self.summary_path, summary)
@@ -127,6 +145,57 @@ class RunDir:
         except Exception as exc:  # a valid footer over damaged pages
             raise InputError(f"shard {self.shard_path(index)} is damaged ({first_line(exc)}); delete it and "
                              "rerun the command (or its part) to recompute it") from exc
+
+
+def footer_meta(path: Path, footer=None) -> dict:
+    """The evalmem metadata in a shard's Parquet footer."""
+    footer = footer or pq.read_metadata(path)
+    return json.loads(footer.metadata[SHARD_KEY])
+
+
+def settings_diff(old: dict, new: dict) -> list[str]:
+    """The keys whose values differ between two settings mappings."""
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+def make_dir(path: str | Path) -> Path:
+    """Create a directory (and its parents); a one-line error where it cannot be."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot write to {path}: {exc.strerror or first_line(exc)}") from exc
+    return path
+
+
+BOOLEAN = ("exact_match", "approx_match", "near_tie")  # result columns of booleans; the others read are numeric
+
+
+def read_results(path: str | Path, columns) -> pa.Table:
+    """`columns` of a result table (results.parquet, features.parquet, or one re-saved by pandas, pyarrow or
+    datasets), checked and normalised: readable (page checksums), `example_id` as int64 or string, booleans
+    and numbers where evalmem writes them, one row per example_id."""
+    import pyarrow.compute as pc
+
+    try:
+        table = pq.read_table(path, columns=list(columns), page_checksum_verification=True)
+    except Exception as exc:  # pyarrow raises several types for missing columns and damaged files
+        raise InputError(f"cannot read {path}: {first_line(exc)}") from exc
+    for name in table.column_names:
+        column, kind = table[name], table[name].type
+        if pa.types.is_dictionary(kind):  # pandas categoricals
+            column = column.cast(kind.value_type)
+            kind = column.type
+        if name == "example_id":
+            column = column.cast(pa.int64() if pa.types.is_integer(kind) else pa.string())
+        elif not pa.types.is_null(kind) and not (pa.types.is_boolean(kind) if name in BOOLEAN else
+                                                 pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+            raise InputError(f"column {name!r} of {path} holds {kind} values, not "
+                             f"{'booleans' if name in BOOLEAN else 'numbers'}")
+        table = table.set_column(table.column_names.index(name), name, column)
+    if "example_id" in table.column_names and pc.count_distinct(table["example_id"]).as_py() != table.num_rows:
+        raise InputError(f"{path} has duplicated example_id values: one row per example expected")
+    return table
 
 
 def read_verified(path: Path) -> pa.Table:

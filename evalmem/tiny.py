@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from importlib import metadata
 from pathlib import Path
-from types import SimpleNamespace
 
 EOS = "<|endoftext|>"
 
@@ -57,12 +56,15 @@ def build_model(out_dir: str | Path, tokenizer, hidden: int = 128, layers: int =
     return Path(out_dir)
 
 
-def token_windows(texts: list[str], tokenizer, length: int) -> list[list[int]]:
-    """Concatenate `texts` (EOS between them) and cut the token stream into `length`-token windows."""
+def token_windows(texts: list[str], tokenizer, length: int, count: int | None = None) -> list[list[int]]:
+    """Concatenate `texts` (EOS between them) and cut the token stream into consecutive `length`-token
+    windows, or into `count` evenly spaced ones (overlapping where the stream is too short for them)."""
     stream: list[int] = []
     for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
         stream.extend(ids + [tokenizer.eos_token_id])
-    return [stream[i:i + length] for i in range(0, len(stream) - length + 1, length)]
+    stride = length if count is None else min(length, (len(stream) - length) // max(count - 1, 1))
+    starts = range(0, len(stream) - length + 1, stride)
+    return [stream[i:i + length] for i in (starts if count is None else starts[:count])]
 
 
 def write_jsonl(path: str | Path, rows) -> Path:
@@ -70,29 +72,3 @@ def write_jsonl(path: str | Path, rows) -> Path:
         for row in rows:
             f.write(json.dumps(row) + "\n")
     return Path(path)
-
-
-def memorizing_setup(root: str | Path, window: int = 100, n_trained: int = 32, n_unseen: int = 32,
-                     epochs: int = 80) -> SimpleNamespace:
-    """A tokenizer trained on KJV verses, a 1.6M-parameter Llama (`base`), the same fine-tuned on
-    `n_trained` KJV windows until most are memorized (`model`), and `root/windows.jsonl` holding the
-    trained windows then `n_unseen` unseen ones (`id`, `input_ids`). Built once: reused if `root` is done."""
-    from transformers import AutoTokenizer
-
-    from train.finetune import finetune
-
-    root = Path(root)
-    verses = kjv_verses()
-    if not (root / "done").exists():
-        build_model(root / "base", train_tokenizer(verses[:5000], root / "tokenizer", vocab_size=2048))
-    tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
-    windows = token_windows(verses[:3000], tokenizer, window)
-    trained, unseen = windows[:n_trained], windows[n_trained:n_trained + n_unseen]
-    if not (root / "done").exists():
-        finetune(str(root / "base"), trained, root / "memorized", epochs=epochs, lr=3e-3, batch_size=16,
-                 scheduler="constant")
-        rows = [{"id": f"w{i}", "input_ids": ids} for i, ids in enumerate(trained + unseen)]
-        write_jsonl(root / "windows.jsonl", rows)
-        (root / "done").touch()
-    return SimpleNamespace(root=root, tokenizer=tokenizer, base=str(root / "base"), model=str(root / "memorized"),
-                           trained=trained, unseen=unseen, data=str(root / "windows.jsonl"))

@@ -12,8 +12,8 @@ and prints one Markdown table: examples/s, tokens/s (the tokens the column must 
 (the median of --repeats runs, their range in brackets; start-up apart: 0 where a column reuses the previous
 column's engine), peak RSS of the process, the ratio to `generate`, and the ratios to the FLOP bounds.
 FLOP bound = 2 x matmul parameters (all but the input embedding table) x tokens / this machine's fp32 matmul
-rate measured around that column (the mean of the medians of 9 timings just before and just after it: this
-shared host's rate drifts by up to 1.6x within minutes), with tokens = prefix + suffix for the decoding columns and prefix + match_len + 1 for screen and
+rate measured around that column (the mean of the medians of 9 timings just before and just after it: the
+rate drifts), with tokens = prefix + suffix for the decoding columns and prefix + match_len + 1 for screen and
 verify (what exact match and match_len need at least); a column's own bound counts the tokens it processes:
 the same but for screen, prefix + suffix - 1, and for verify-hf, which screens the rows still matching after
 VERIFY_STEPS decoding steps, prefix + VERIFY_STEPS + (prefix + suffix - 1) for those.
@@ -43,7 +43,8 @@ import torch
 
 from evalmem.cli import main as evalmem_main
 from evalmem.screen import VERIFY_STEPS
-from evalmem.tiny import build_model, kjv_verses, train_tokenizer, write_jsonl
+from evalmem.tables import markdown
+from evalmem.tiny import build_model, kjv_verses, token_windows, train_tokenizer, write_jsonl
 
 SIZES = {"9m": dict(hidden=256, layers=5, heads=4), "40m": dict(hidden=512, layers=8, heads=8)}
 COLUMNS = ("generate", "vllm", "decode", "screen", "verify-hf", "verify")
@@ -71,28 +72,19 @@ def report_rate(when: str) -> None:
           f"torch threads {torch.get_num_threads()}; load average {os.getloadavg()[0]:.1f}", flush=True)
 
 
-def kjv_windows(tokenizer, length: int, count: int) -> np.ndarray:
-    """`count` windows of `length` tokens from the KJV token stream (verses joined by EOS), evenly spaced:
-    disjoint while the text suffices, overlapping beyond that (16k windows of 100 tokens need ~1.6M)."""
-    stream: list[int] = []
-    for ids in tokenizer(kjv_verses(), add_special_tokens=False)["input_ids"]:
-        stream.extend(ids + [tokenizer.eos_token_id])
-    stride = min(length, (len(stream) - length) // max(count - 1, 1))
-    return np.array([stream[i * stride:i * stride + length] for i in range(count)], dtype=np.int64)
-
-
 def build(work: Path, size: str, length: int, count: int, epochs: int) -> tuple[str, np.ndarray]:
     """The fine-tuned model of `size` and `count` windows, built once under `work`."""
     from transformers import AutoTokenizer
 
-    from train.finetune import finetune
+    from evalmem.train.finetune import finetune
 
     root = work / size
     if not (root / "tokenizer").exists():
         train_tokenizer(kjv_verses()[:20000], root / "tokenizer", vocab_size=8192)
     cached = root / f"windows-{length}x{count}.npy"
     if not cached.exists():
-        np.save(cached, kjv_windows(AutoTokenizer.from_pretrained(root / "tokenizer"), length, count))
+        tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
+        np.save(cached, np.array(token_windows(kjv_verses(), tokenizer, length, count), dtype=np.int64))
     windows = np.load(cached)
     model = root / f"finetuned-{epochs}ep-{length}x{count}"  # trained on these windows: one model per set
     if not model.exists():
@@ -265,15 +257,15 @@ def spread(row: dict) -> str:
     return f" ({low:.1f}-{high:.1f})" if high > low else ""
 
 
-def markdown(rows: list[dict]) -> str:
-    head = ("| model | N | column | examples/s | tokens/s | seconds | start-up | peak RSS | vs generate "
-            "| matmul rate | vs FLOP bound | vs own bound | exact |\n" + "|---" * 13 + "|")
-    lines = [f"| {r['model']} | {r['n']} | {r['column']} | {r['examples_per_s']:.1f} | {r['tokens_per_s']:,.0f} "
-             f"| {r['seconds']:.1f}{spread(r)} | {r['startup']:.1f} s | {r['peak_rss_gb']:.2f} GB | "
-             + (f"{r['vs_generate']:.2f}x" if r["vs_generate"] else "-")
-             + f" | {r['rate'] / 1e9:.0f} GFLOP/s | {r['vs_bound']:.2f}x | {r['vs_own_bound']:.2f}x | {r['exact']} |"
-             for r in rows]
-    return "\n".join([head, *lines])
+def table(rows: list[dict]) -> str:
+    """The benchmark rows as one Markdown table."""
+    header = ["model", "N", "column", "examples/s", "tokens/s", "seconds", "start-up", "peak RSS", "vs generate",
+              "matmul rate", "vs FLOP bound", "vs own bound", "exact"]
+    cells = [[r["model"], r["n"], r["column"], f"{r['examples_per_s']:.1f}", f"{r['tokens_per_s']:,.0f}",
+              f"{r['seconds']:.1f}{spread(r)}", f"{r['startup']:.1f} s", f"{r['peak_rss_gb']:.2f} GB",
+              f"{r['vs_generate']:.2f}x" if r["vs_generate"] else "-", f"{r['rate'] / 1e9:.0f} GFLOP/s",
+              f"{r['vs_bound']:.2f}x", f"{r['vs_own_bound']:.2f}x", r["exact"]] for r in rows]
+    return markdown([("Extraction benchmark", header, cells)])
 
 
 def main() -> None:
@@ -305,7 +297,7 @@ def main() -> None:
     report_rate("at the start")
     rows = [row for size in args.sizes for n in args.n for row in bench(size, n, args)]
     report_rate("\nat the end")
-    print(f"\n{markdown(rows)}")
+    print(f"\n{table(rows)}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Build what `train/recipes/tiny.yaml` points to: a KJV tokenizer, a tiny Llama teacher base (h128, 4 layers),
+"""Build what `recipes/tiny.yaml` points to: a KJV tokenizer, a tiny Llama teacher base (h128, 4 layers),
 a smaller student base (h64, 2 layers, 2 heads) sharing the tokenizer, and 32 training windows of 100 tokens.
 
     .venv/bin/python scripts/make_tiny.py [--out runs/tiny]

@@ -5,36 +5,12 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import write_run
-
-# Regions of the diagram (ids e0..e99): which runs memorize each example.
-REGIONS = {
-    range(0, 10): {"teacher", "b0", "b1", "soft", "hard"},  # easy, every seed, both students
-    range(10, 15): {"teacher", "b0", "soft"},  # easy by one seed only
-    range(15, 17): {"teacher", "soft", "hard"},  # teacher-only, inherited by both
-    range(17, 23): {"teacher", "hard"},  # teacher-only, inherited by hard
-    range(23, 31): {"teacher"},  # teacher-only, not inherited
-    range(31, 34): {"b1", "soft"},  # baseline-only, soft memorizes too
-    range(34, 38): {"b0", "b1"},  # both seeds, not the teacher
-    range(38, 39): {"hard"},  # hard student only
-}  # e39..e99: nobody
-IDS = [f"e{i}" for i in range(100)]
-
-
-def members(name):
-    return {f"e{i}" for r, who in REGIONS.items() if name in who for i in r}
-
+from helpers import IDS, compare_args, members, write_run
 
 @pytest.fixture
 def runs(tmp_path):
     return {name: write_run(tmp_path / name, IDS, members(name), model=name)
             for name in ("teacher", "b0", "b1", "soft", "hard")}
-
-
-def compare_args(runs, out):
-    return ["compare", "--teacher", runs["teacher"], "--baseline", f"b0={runs['b0']}", "--baseline",
-            f"b1={runs['b1']}", "--student", f"soft={runs['soft']}", "--student", f"hard={runs['hard']}",
-            "--out", out]
 
 
 def test_compare_counts_every_region(invoke, runs, tmp_path):

@@ -39,7 +39,7 @@ def test_token_scores_match_hand_computation():
 @pytest.fixture(scope="module")
 def feats(tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("feats") / "feats"
-    from conftest import invoke_cli
+    from helpers import invoke_cli
 
     invoke_cli("features", "--teacher", tiny.model, "--baseline", tiny.base, "--data", tiny.data, "--out", out,
                "--batch-size", 16, "--shard-size", 40)
@@ -83,7 +83,7 @@ def test_features_resume_and_refuse_other_settings(invoke, tiny, feats):
 
 @pytest.mark.parametrize("args, words", [
     (["--teacher", "/no/such/model"], "cannot load model /no/such/model"),
-    (["--min-k", "0"], "--min-k must be in (0, 1]"),
+    (["--min-k", "0"], "Invalid value for '--min-k'"),
 ])
 def test_features_bad_input(invoke, tiny, tmp_path, args, words):
     base = {"--teacher": tiny.model, "--baseline": tiny.base, "--min-k": "0.2"}

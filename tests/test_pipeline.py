@@ -11,9 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
-RECIPE = Path(__file__).resolve().parents[1] / "train" / "recipes" / "tiny-kjv.yaml"
+from helpers import RECIPES
+
+RECIPE = RECIPES / "tiny-kjv.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +38,7 @@ def pipeline_args(out, settings, **changes):
 
 def test_pipeline_runs_every_stage_and_continues_after_kill(minute_scale, tmp_path, cli):
     from evalmem.pipeline import stages
+    from evalmem.recipe import load_recipe
 
     out = tmp_path / "exp"
     proc = subprocess.Popen([sys.executable, "-m", "evalmem", *map(str, pipeline_args(out, minute_scale))],
@@ -51,7 +53,7 @@ def test_pipeline_runs_every_stage_and_continues_after_kill(minute_scale, tmp_pa
 
     result = cli(*pipeline_args(out, minute_scale))
     record = json.loads((out / "pipeline.json").read_text())
-    recipe = yaml.safe_load((out / "recipe.yaml").read_text())
+    recipe = load_recipe(out / "recipe.yaml")
     expected = [s.name for s in stages(recipe, out / "recipe.yaml")] + ["report"]
     assert list(record) == expected
     assert record["teacher"]["status"] == "done", "finished stages are skipped"
@@ -81,8 +83,8 @@ def test_prepare_builds_tokenizer_models_and_disjoint_windows(tmp_path):
     gives the same windows and weights (what makes a rerun's memorized sets the same)."""
     from transformers import AutoModelForCausalLM
 
-    from conftest import invoke_cli
-    from train.cli import main as train_main
+    from helpers import invoke_cli
+    from evalmem.train.cli import main as train_main
 
     def prepare(out):
         sizes = {"out": out, "prepare.train_windows": 16, "prepare.heldout_windows": 4,

@@ -1,6 +1,7 @@
 """The memorization predictor on synthetic features, and `evalmem predict` / `evalmem filter`."""
 
 import json
+from pathlib import Path
 
 import joblib
 import numpy as np
@@ -8,9 +9,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import write_features, write_jsonl, write_run
+from helpers import write_features, write_jsonl, write_run
 from evalmem.data import load_source
-from evalmem.predict import DEFAULT_FEATURES, fit_predictor
+from evalmem.predict import fit_predictor
+from evalmem.settings import DEFAULT_FEATURES, DataSpec
 
 
 def synthetic(n=3000, n_pos=90, separation=3.0, seed=0):
@@ -66,7 +68,7 @@ def dirs(tmp_path):
     x, y = synthetic(n=600, n_pos=30, separation=6.0)
     ids = [f"d{i}" for i in range(600)]
     data = write_jsonl(tmp_path / "data.jsonl", [{"id": i, "text": f"example {i}"} for i in ids])
-    fingerprint = load_source(str(data)).fingerprint
+    fingerprint = load_source(DataSpec(str(data))).fingerprint
     feats = write_features(tmp_path / "feats", ids, x, fingerprint)
     labels = write_run(tmp_path / "labels", ids, {i for i, hit in zip(ids, y) if hit}, data_fingerprint=fingerprint)
     return dict(data=str(data), feats=feats, labels=labels, ids=ids, y=y, x=x, tmp=tmp_path)
@@ -98,7 +100,7 @@ def test_filter_keeps_row_ids_of_data_without_id_column(invoke, dirs):
     """Data without an `id` column: example ids are row indices, kept as an `id` column in the output."""
     tmp = dirs["tmp"]
     data = write_jsonl(tmp / "noid.jsonl", [{"text": f"row {i}"} for i in range(600)])
-    fingerprint = load_source(str(data)).fingerprint
+    fingerprint = load_source(DataSpec(str(data))).fingerprint
     ids = list(range(600))
     feats = write_features(tmp / "f2", ids, dirs["x"], fingerprint)
     labels = write_run(tmp / "l2", ids, {i for i in ids if dirs["y"][i]}, data_fingerprint=fingerprint)
@@ -116,18 +118,19 @@ def test_filter_keeps_row_ids_of_data_without_id_column(invoke, dirs):
     ("missing features", "no such run directory"),
     ("disjoint", "share no example_id"),
     ("other data", "different data or protocol"),
-    ("unknown feature", "unknown feature perplexity"),
+    ("unknown feature", "'perplexity' is not one of"),
 ])
 def test_predict_bad_input(invoke, dirs, case, words):
     tmp = dirs["tmp"]
     feats, labels, extra = dirs["feats"], dirs["labels"], []
     if case == "no positives":
-        labels = write_run(tmp / "none", dirs["ids"], set(), data_fingerprint=load_source(dirs["data"]).fingerprint)
+        fingerprint = load_source(DataSpec(dirs["data"])).fingerprint
+        labels = write_run(tmp / "none", dirs["ids"], set(), data_fingerprint=fingerprint)
     elif case == "missing features":
         feats = str(tmp / "nowhere")
     elif case == "disjoint":
         feats = write_features(tmp / "other", [f"z{i}" for i in range(600)], dirs["x"],
-                               load_source(dirs["data"]).fingerprint)
+                               load_source(DataSpec(dirs["data"])).fingerprint)
     elif case == "other data":
         feats = write_features(tmp / "other", dirs["ids"], dirs["x"], "sha256:other")
     else:
@@ -148,3 +151,17 @@ def test_filter_bad_input(invoke, dirs):
     assert "computed on other data" in result.output and not (tmp / "kept.jsonl").exists()
     result = invoke(*common[:2], tmp / "nowhere", *common[3:], "--data", dirs["data"], "--top-frac", 0.1, code=2)
     assert result.output.startswith("Error: cannot load the predictor")
+
+
+def test_labels_written_back_by_pandas_are_read_the_same(invoke, dirs):
+    """A results.parquet re-saved by pandas (example_id as large_string) gives the same predictor."""
+    import pandas as pd
+
+    tmp = dirs["tmp"]
+    invoke("predict", "--features", dirs["feats"], "--labels", dirs["labels"], "--out", tmp / "a", "--trials", 3)
+    results = Path(dirs["labels"]) / "results.parquet"
+    pd.read_parquet(results).to_parquet(results, index=False)
+    assert pq.read_schema(results).field("example_id").type == pa.large_string()
+    invoke("predict", "--features", dirs["feats"], "--labels", dirs["labels"], "--out", tmp / "b", "--trials", 3)
+    a, b = (json.loads((tmp / d / "predict.json").read_text()) for d in "ab")
+    assert a["resampled"] == b["resampled"] and a["n_positive"] == b["n_positive"] == 30

@@ -5,9 +5,7 @@ import re
 
 import numpy as np
 
-from conftest import write_run
-from test_analysis import IDS, compare_args, members
-from test_predict import write_features
+from helpers import IDS, compare_args, members, write_features, write_run
 
 
 def test_report_embeds_tables_and_figures(invoke, tmp_path):

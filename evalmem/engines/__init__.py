@@ -1,47 +1,79 @@
-"""Engines: continuation of token-id prompts behind one small interface.
+"""Engines: continuation of token-id prompts behind one small interface, chosen through one registry.
 
     engine.generate(prompts, max_new_tokens, temperature=0.0, top_p=1.0, seed=None) -> list[list[int]]
+    engine.verify(prefix (n, P), suffix (n, L)) -> {"match_len": (n,), "near_tie": (n,)}      extract --mode verify
+    engine.screen(prefix, suffix) / engine.auto(prefix, suffix, max_distance)                  the torch modes
 
-`prompts` is a list of token-id lists; greedy when temperature == 0; never stops early at EOS.
-Engines that can also verify (extract --mode verify) have
-
-    engine.verify(prefix (n, P) int array, suffix (n, L) int array) -> {"match_len": (n,), "near_tie": (n,)}
-
-greedy decoding that stops at each example's first mismatch with its suffix (`evalmem.screen`).
-Backends: `vllm` (offline `LLM`, the default), `hf` (transformers `generate`, the reference), `server`
-(a running vLLM OpenAI-compatible server, `--base-url`) and `ray` (Ray Data with vLLM replicas, for
-clusters; the optional extra `ray`).
+`generate` greedy-decodes when temperature == 0 and never stops early at EOS; `verify` decodes only up to each
+example's first mismatch with its suffix (`evalmem.screen` says why the modes agree with decoding). ENGINES lists
+every backend with the extract modes it runs: the command line's choices come from it, a mode's default engine
+is the first that runs it, and an engine asked for a mode it does not run is refused.
 """
 
 from __future__ import annotations
 
 import gc
-import hashlib
-from dataclasses import dataclass
-from pathlib import Path
+import importlib
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from evalmem.errors import InputError, first_line
+from evalmem.models import DTYPES, model_fingerprint
+from evalmem.settings import option
 
-ENGINES = ("vllm", "hf", "server", "ray")
+
+@dataclass(frozen=True)
+class EngineInfo:
+    implementation: str  # module:class
+    modes: tuple[str, ...]  # the extract modes it runs (generate needs decode, which every engine runs)
+    help: str
+    reusable: bool = True  # kept in an EnginePool between jobs (a server engine holds no model here)
+
+
+ENGINES = {
+    "vllm": EngineInfo("evalmem.engines.vllm_engine:VLLMEngine", ("decode", "verify"), "vLLM offline engine (fast)."),
+    "hf": EngineInfo("evalmem.engines.hf_engine:HFEngine", ("decode", "screen", "verify", "auto"),
+                     "transformers: the reference, and the torch modes screen and auto."),
+    "server": EngineInfo("evalmem.engines.server_engine:ServerEngine", ("decode",),
+                         "a running vLLM server (--base-url) that serves --model (--model is also read here for "
+                         "the config and tokenizer).", reusable=False),
+    "ray": EngineInfo("evalmem.engines.ray_engine:RayEngine", ("decode",),
+                      "Ray Data with vLLM replicas on the cluster at RAY_ADDRESS (the extra evalmem[ray]; use a "
+                      "large --shard-size)."),
+}
+CPU_BATCH_SIZE = {"screen": 16, "verify": 64, "auto": 64}  # windows per torch pass: small ones stay in cache
 
 
 @dataclass(frozen=True)
 class EngineOptions:
-    """How to load a model; fields a backend does not use are ignored by it."""
+    """How to run a model; fields an engine does not use are ignored by it. `model` and `seed` come from the job."""
 
-    model: str
-    dtype: str = "auto"
-    tensor_parallel_size: int = 1
-    max_model_len: int | None = None
-    kv_cache_gb: float | None = None
-    max_num_seqs: int = 512
-    batch_size: int = 256
+    engine: str | None = field(default=None, metadata=option(
+        " ".join(f"{name}: {info.help}" for name, info in ENGINES.items())
+        + " [default: the first engine that runs --mode: vllm, or hf for screen and auto]", choices=tuple(ENGINES)))
+    base_url: str | None = field(default=None, metadata=option(
+        "The server engine's OpenAI-compatible API, e.g. http://127.0.0.1:8000/v1 (not a run setting: resume "
+        "against any server of the same model)."))
+    api_key: str | None = field(default=None, metadata=option(
+        "API key of the server (its --api-key), if it asks for one.", envvar="EVALMEM_API_KEY"))
+    concurrency: int = field(default=64, metadata=option(
+        "Requests in flight to the server (it batches them; one prompt each).", min=1))
+    request_timeout: float = field(default=600.0, metadata=option(
+        "Seconds one server request may take before it is retried (with backoff).", min=0, min_open=True))
+    dtype: str = field(default="auto", metadata=option(
+        "Weights/activations dtype; auto = the dtype the model was saved in.", choices=DTYPES))
+    tensor_parallel_size: int = field(default=1, metadata=option("GPUs to shard the model over (vllm).", min=1))
+    max_model_len: int | None = field(default=None, metadata=option(
+        "Longest sequence the engine plans for [default: the job's prefix + new tokens].", min=1))
+    kv_cache_gb: float | None = field(default=None, metadata=option(
+        "KV cache size in GiB (vllm) [default: GPU: 90% of GPU memory; CPU: sized to the job].", min=0,
+        min_open=True))
+    max_num_seqs: int = field(default=512, metadata=option("Sequences the vllm engine batches at once.", min=1))
+    batch_size: int | None = field(default=None, metadata=option(
+        "Prompts per generate call (hf); windows per forward pass (screen, verify and auto in torch) "
+        "[default: 256; on CPU screen 16, verify and auto 64, which keep the activations in cache].", min=1))
+    model: str = ""
     seed: int = 0
-    base_url: str | None = None  # server only: http://HOST:PORT/v1, the API key, requests in flight, seconds each
-    api_key: str | None = None
-    concurrency: int = 64
-    request_timeout: float = 600.0
 
 
 class Engine(Protocol):
@@ -51,69 +83,58 @@ class Engine(Protocol):
                  top_p: float = 1.0, seed: int | None = None) -> list[list[int]]: ...
 
 
-def model_config(model: str):
-    """The model's transformers config; a one-line error when the model cannot be found or read."""
-    from transformers import AutoConfig
+def engine_for(mode: str, engine: str | None) -> str:
+    """The engine that runs `mode`: the one asked for (refused if it cannot) or the first that can."""
+    able = [name for name, info in ENGINES.items() if mode in info.modes]
+    if engine is None:
+        return able[0]
+    if mode not in ENGINES[engine].modes:
+        raise InputError(f"--mode {mode} does not run on --engine {engine}: use --engine {' or '.join(able)}")
+    return engine
 
+
+def for_job(options: EngineOptions, *, model: str, mode: str, dtype: str, seq_len: int, seed: int = 0,
+            what: str = "prefix + new tokens") -> EngineOptions:
+    """The options a job runs with: its model, dtype and seed, the engine for its mode, the context and batch
+    defaults; the engine limits are checked against the job here, before any engine starts."""
+    from evalmem.models import device
+
+    if options.max_model_len is not None and options.max_model_len < seq_len:
+        raise InputError(f"--max-model-len {options.max_model_len} is shorter than the job's {what} = {seq_len} "
+                         "tokens: raise it or shorten the job")
+    batch = options.batch_size or (CPU_BATCH_SIZE.get(mode, 256) if device() == "cpu" else 256)
+    return replace(options, engine=engine_for(mode, options.engine), model=model, dtype=dtype, seed=seed,
+                   max_model_len=options.max_model_len or seq_len, batch_size=batch)
+
+
+def build(options: EngineOptions) -> Engine:
+    """A new engine of `options.engine` for `options.model`; a one-line error if the model does not load."""
+    module, _, cls = ENGINES[options.engine].implementation.partition(":")
     try:
-        return AutoConfig.from_pretrained(model)
-    except Exception as exc:
-        raise InputError(f"cannot load model {model}: {first_line(exc)}") from exc
-
-
-def model_fingerprint(model: str, config=None) -> str:
-    """Local folder: a hash of its config and its weight files' names, sizes and times; hub id: its commit."""
-    path = Path(model)
-    if not path.is_dir():
-        return f"hub:{model}@{getattr(config, '_commit_hash', None)}"
-    h = hashlib.sha256((path / "config.json").read_bytes() if (path / "config.json").exists() else b"")
-    for f in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
-        st = f.stat()
-        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-    return "sha256:" + h.hexdigest()
-
-
-def context_length(config) -> int | None:
-    """The longest sequence the model accepts, from its config."""
-    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        value = getattr(config, key, None)
-        if isinstance(value, int):
-            return value
-    return None
-
-
-_loaded: dict = {}  # the last engine built, reused while the same model and options are asked for
-
-
-def load_engine(name: str, options: EngineOptions) -> Engine:
-    """Build the engine `name` for `options.model`, or reuse the last one built for the same model
-    folder and options (one engine at a time: a new one replaces it); a one-line error if the
-    model does not load. A server engine holds no model here: it is built afresh (checking the server
-    again) and leaves the cached engine alone."""
-    if name == "server":
-        return _build(name, options)
-    key = (name, options, model_fingerprint(options.model))
-    if key not in _loaded:
-        _loaded.clear()
-        gc.collect()
-        _loaded[key] = _build(name, options)
-    return _loaded[key]
-
-
-def _build(name: str, options: EngineOptions) -> Engine:
-    if name == "vllm":
-        from evalmem.engines.vllm_engine import VLLMEngine as cls
-    elif name == "hf":
-        from evalmem.engines.hf_engine import HFEngine as cls
-    elif name == "server":
-        from evalmem.engines.server_engine import ServerEngine as cls
-    elif name == "ray":
-        from evalmem.engines.ray_engine import RayEngine as cls
-    else:
-        raise InputError(f"unknown engine {name!r}: choose one of {', '.join(ENGINES)}")
-    try:
-        return cls(options)
+        return getattr(importlib.import_module(module), cls)(options)
     except InputError:
         raise
     except Exception as exc:
-        raise InputError(f"cannot load model {options.model} with engine {name}: {first_line(exc)}") from exc
+        raise InputError(f"cannot load model {options.model} with engine {options.engine}: {first_line(exc)}") from exc
+
+
+class EnginePool:
+    """Keeps the engine built last for the next job in the same process that asks for the same model (same
+    weights) and options: an in-process caller running many jobs (tests, benchmarks) starts vLLM once. One engine
+    at a time; an engine that holds no model here (server) is built for every job."""
+
+    def __init__(self):
+        self.key, self.engine = None, None
+
+    def get(self, options: EngineOptions) -> Engine:
+        if not ENGINES[options.engine].reusable:
+            return build(options)
+        key = (options, model_fingerprint(options.model))
+        if key != self.key:
+            self.close()
+            self.engine, self.key = build(options), key
+        return self.engine
+
+    def close(self) -> None:
+        self.key, self.engine = None, None
+        gc.collect()

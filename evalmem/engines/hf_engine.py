@@ -1,21 +1,18 @@
-"""The transformers reference engine: batched `model.generate`, prompts of equal length."""
+"""The transformers engine: batched `model.generate` (the reference), and the torch modes of `evalmem.screen`."""
 
 from __future__ import annotations
 
 import torch
 
 from evalmem.engines import EngineOptions
+from evalmem.models import load_causal_lm
 
 
 class HFEngine:
     name = "hf"
 
     def __init__(self, options: EngineOptions):
-        from transformers import AutoModelForCausalLM
-
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = "auto" if options.dtype == "auto" else getattr(torch, _TORCH_DTYPES[options.dtype])
-        self.model = AutoModelForCausalLM.from_pretrained(options.model, dtype=dtype).to(self.device).eval()
+        self.model = load_causal_lm(options.model, options.dtype)
         self.model.generation_config.eos_token_id = None  # never stop early (generate merges the model's own)
         self.batch_size = options.batch_size
 
@@ -30,18 +27,24 @@ class HFEngine:
         if seed is not None:
             torch.manual_seed(seed)
         out: list[list[int]] = []
+        device = next(self.model.parameters()).device
         for i in range(0, len(prompts), self.batch_size):
-            batch = torch.tensor(prompts[i:i + self.batch_size], device=self.device)
+            batch = torch.tensor(prompts[i:i + self.batch_size], device=device)
             ids = self.model.generate(batch, attention_mask=torch.ones_like(batch), generation_config=config)
             out.extend(ids[:, batch.shape[1]:].tolist())
         return out
 
     def verify(self, prefix, suffix):
-        """Early-exit greedy decoding against the true suffix: `evalmem.screen.verify`."""
         from evalmem.screen import verify
 
         return verify(self.model, prefix, suffix, self.batch_size)
 
+    def screen(self, prefix, suffix):
+        from evalmem.screen import screen
 
-_TORCH_DTYPES = {"float32": "float32", "float": "float32", "bfloat16": "bfloat16",
-                 "float16": "float16", "half": "float16"}
+        return screen(self.model, prefix, suffix, self.batch_size)
+
+    def auto(self, prefix, suffix, max_distance: float):
+        from evalmem.screen import auto
+
+        return auto(self.model, prefix, suffix, self.batch_size, max_distance)

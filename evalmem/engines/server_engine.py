@@ -91,7 +91,7 @@ class ServerEngine:
                 from exc
         except openai.APIError as exc:  # connection refused or reset, timeouts: already retried
             hint = "; restart it and rerun the same command to resume" if what == "lost" else \
-                "; start one (README: serving) or fix --base-url"
+                "; start one (docs/serving.md) or fix --base-url"
             raise InputError(f"{what} the vLLM server at {self.url}: {first_line(exc)} "
                              f"(after {MAX_RETRIES} retries){hint}") from exc
 

@@ -1,6 +1,6 @@
 """The default engine: vLLM offline (`LLM` + `TokensPrompt`), greedy, no stop at EOS.
 
-CPU defaults were chosen by measurement (README "Speed", scripts/bench.py): the engine core runs in this
+CPU defaults were chosen by measurement (docs/benchmarks.md): the engine core runs in this
 process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`), eager mode, up to 512 sequences at once and a KV cache
 sized to the job instead of a fraction of host memory.
 
@@ -16,7 +16,8 @@ import os
 import numpy as np
 import torch
 
-from evalmem.engines import EngineOptions, model_config
+from evalmem.engines import EngineOptions
+from evalmem.models import model_config
 from evalmem.screen import decide, near_tie_tolerance
 
 ON_CPU = not torch.cuda.is_available()
@@ -145,7 +146,7 @@ CPU_BLOCK = 128  # vLLM's CPU KV-cache block size (tokens): a sequence holds who
 
 def cpu_kv_cache_bytes(options: EngineOptions) -> int:
     """Enough KV cache for `max_num_seqs` full-length sequences in whole blocks (+20%), between 64 MiB and
-    8 GiB (without the block rounding, 100-token windows got 480 of 512 sequences at once)."""
+    8 GiB: a sequence holds whole blocks, so a cache sized in tokens would hold fewer sequences than asked."""
     config = model_config(options.model).get_text_config()
     heads = config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads

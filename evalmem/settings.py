@@ -1,0 +1,176 @@
+"""Typed settings: what a command is asked to do, built once from its options and passed whole.
+
+Each field's metadata carries its command-line option (help text, range, choices): `evalmem.cli.options`
+turns the fields into click options, so an option and its help exist in one place. Checks that involve
+several fields (or that click cannot express) live in `__post_init__` and raise one-line errors.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from evalmem.errors import InputError
+
+SHARD_SIZE = 2048
+MODES = ("decode", "screen", "verify", "auto")  # extract --mode; decode is the reference
+FEATURES = ("teacher_ppl", "baseline_ppl", "kl_teacher_baseline", "zlib_entropy", "min_k_logprob")
+DEFAULT_FEATURES = FEATURES[:4]  # the paper's four; min_k_logprob is opt-in
+
+
+def option(help: str, **click) -> dict:
+    """A field's metadata as an option: its help and click settings (flag, min, choices, envvar, ...)."""
+    return {"help": help, **click}
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Where a command's examples come from."""
+
+    path: str = field(metadata=option(
+        "A .jsonl/.json/.parquet/.txt file (one example per line for .txt) or a HF dataset id.", flag="--data"))
+    split: str = field(default="train", metadata=option("Dataset split (hub datasets)."))
+    config: str | None = field(default=None, metadata=option("Dataset configuration name (hub datasets)."))
+    text_column: str = field(default="text", metadata=option(
+        "Column holding the text; a pre-tokenized `input_ids` column is used as-is instead."))
+    tokenizer: str | None = field(default=None, metadata=option("Tokenizer for text data [default: the model's]."))
+    limit: int | None = field(default=None, metadata=option("Use only the first N examples.", min=1))
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """Where a sharded, resumable run writes, and which part of it this process computes."""
+
+    out: str = field(metadata=option("Result directory (resumable: rerun the same command to continue).",
+                                     path="dir"))
+    shard_size: int = field(default=SHARD_SIZE, metadata=option(
+        "Examples per result shard (the unit of progress and of resuming).", min=1))
+    shard: str | None = field(default=None, metadata=option(
+        "Compute only part I of N (result shards I-1, I-1+N, ...; 1 <= I <= N), to spread a run over N processes "
+        "or machines with the same settings. Parts writing into the same --out need nothing more: the last to "
+        "finish writes the results; parts written into other directories are combined with `evalmem merge`. "
+        "[default: the whole run]", metavar="I/N"))
+
+    def __post_init__(self):
+        check_out(self.out)
+        self.part  # noqa: B018  (refuse a bad --shard now)
+
+    @property
+    def part(self) -> tuple[int, int] | None:
+        """`--shard I/N` as (I, N); None means the whole run."""
+        if self.shard is None:
+            return None
+        i, _, n = self.shard.partition("/")
+        try:
+            part = int(i), int(n)
+        except ValueError:
+            part = 0, 0
+        if not 1 <= part[0] <= part[1]:
+            raise InputError(f"--shard must be I/N with 1 <= I <= N (part I of N parts), got {self.shard!r}")
+        return part
+
+
+def check_out(path: str, flag: str = "--out") -> str:
+    """Refuse an empty output path (an unset shell variable) before anything is written."""
+    if not str(path).strip():
+        raise InputError(f"{flag} is empty: name the directory or file to write")
+    return str(path)
+
+
+def check_lengths(prefix_len: int, new_tokens: int, new_tokens_flag: str) -> None:
+    if prefix_len <= 0:
+        raise InputError(f"--prefix-len must be positive, got {prefix_len}")
+    if new_tokens <= 0:
+        raise InputError(f"{new_tokens_flag} must be positive, got {new_tokens}")
+
+
+class SuffixWindow:
+    """A job over prefix + suffix windows (extract, features): both lengths positive."""
+
+    new_tokens_flag = "--suffix-len"
+
+    def __post_init__(self):
+        check_lengths(self.prefix_len, self.suffix_len, self.new_tokens_flag)
+
+    @property
+    def new_tokens(self) -> int:
+        return self.suffix_len
+
+
+@dataclass(frozen=True)
+class ExtractSettings(SuffixWindow):
+    """`evalmem extract`: discoverable extraction of every example."""
+
+    model: str = field(metadata=option("Model: a local Hugging Face folder or a hub id."))
+    prefix_len: int = field(default=50, metadata=option("Prompt tokens per example."))
+    suffix_len: int = field(default=50, metadata=option(
+        "Tokens greedily decoded and compared with the true continuation."))
+    mode: str = field(default="decode", metadata=option(
+        "decode: greedy-decode every suffix with --engine; all columns (the reference). "
+        "screen: one teacher-forced forward pass over prefix+suffix; exact_match, match_len and suffix_logprobs. "
+        "verify: decode only up to each example's first mismatch; exact_match and match_len. "
+        "auto: decode each example only while it can still match approximately (edit distance <= 10%): "
+        "exact_match, match_len and approx_match of every example, the other columns where it was decoded to "
+        "the end. Columns a mode does not compute are nulls (summary null_columns); near_tie flags rows decided "
+        "by a logit gap so small that another engine or dtype could round it the other way.", choices=MODES))
+    strict: bool = field(default=False, metadata=option(
+        "Fail on examples shorter than prefix + suffix instead of skipping them."))
+
+
+@dataclass(frozen=True)
+class GenerateSettings:
+    """`evalmem generate`: the teacher continues each example's prefix."""
+
+    model: str = field(metadata=option("Teacher model: a local Hugging Face folder or a hub id."))
+    prefix_len: int = field(default=50, metadata=option("Prompt tokens per example."))
+    max_new_tokens: int = field(default=206, metadata=option(
+        "Tokens generated after each prefix (paper: 50 + 206 = 256-token windows)."))
+    temperature: float = field(default=0.0, metadata=option("Sampling temperature; 0 = greedy decoding.", min=0))
+    top_p: float = field(default=1.0, metadata=option("Nucleus sampling mass (with --temperature).", min=0,
+                                                      min_open=True, max=1))
+    seed: int = field(default=0, metadata=option(
+        "Sampling seed (each prompt's sample depends only on it and the prompt)."))
+
+    new_tokens_flag = "--max-new-tokens"
+
+    def __post_init__(self):
+        check_lengths(self.prefix_len, self.max_new_tokens, self.new_tokens_flag)
+        if not math.isfinite(self.temperature):
+            raise InputError(f"--temperature must be a finite number >= 0, got {self.temperature}")
+
+    @property
+    def new_tokens(self) -> int:
+        return self.max_new_tokens
+
+    def sampling(self) -> dict:
+        return {"temperature": self.temperature, "top_p": self.top_p, "seed": self.seed}
+
+
+@dataclass(frozen=True)
+class FeatureSettings(SuffixWindow):
+    """`evalmem features`: the predictor's features of every example."""
+
+    teacher: str = field(metadata=option("Teacher model: a local Hugging Face folder or a hub id."))
+    baseline: str = field(metadata=option("Baseline model (same tokenizer as the teacher)."))
+    prefix_len: int = field(default=50, metadata=option("Prompt tokens per example (the window starts there)."))
+    suffix_len: int = field(default=50, metadata=option(
+        "Tokens after the prefix; features use the whole prefix + suffix window, as extract does."))
+    batch_size: int = field(default=32, metadata=option(
+        "Windows per forward pass (both models' full logits for a batch are held at once).", min=1))
+    dtype: str = field(default="auto", metadata=option(
+        "Weights dtype; auto = the dtype the teacher was saved in.", choices=("auto", "float32", "bfloat16",
+                                                                              "float16")))
+    min_k: float = field(default=0.2, metadata=option(
+        "Fraction k of least likely tokens averaged by the Min-K% feature.", min=0, min_open=True, max=1))
+
+
+@dataclass(frozen=True)
+class PredictSettings:
+    """`evalmem predict`: the memorization predictor's protocol (the paper's by default)."""
+
+    trials: int = field(default=100, metadata=option("Resampling trials.", min=1))
+    neg_ratio: float = field(default=3.0, metadata=option("Negatives sampled per positive in each trial.", min=0,
+                                                          min_open=True))
+    test_size: float = field(default=0.3, metadata=option(
+        "Fraction of each trial's examples held out for testing.", min=0, min_open=True, max=1, max_open=True))
+    seed: int = field(default=0, metadata=option("Seed of the resampling."))

@@ -1,0 +1,102 @@
+"""Result tables: rows built once, written as Markdown (printed, compare.md) or HTML (the report)."""
+
+from __future__ import annotations
+
+import html
+
+Table = tuple[str, list[str], list[list]]  # title, header, rows
+
+
+def fmt(value) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def pct(value) -> str:
+    return "–" if value is None else f"{100 * value:.3g}%"
+
+
+def compare_tables(result: dict) -> list[Table]:
+    tables = [("Memorization per model", ["model", "role", "n", "exact matches", "exact rate", "approx. rate",
+                                          "mean token accuracy"],
+               [[name, r["role"], r["n"], r["exact_match_count"], pct(r["exact_match_rate"]),
+                 pct(r["approx_match_rate"]), fmt(r["mean_token_accuracy"])] for name, r in result["runs"].items()])]
+    if "sets" in result:
+        tables.append(("Teacher and baseline sets", ["set", "examples"], [[k, v] for k, v in result["sets"].items()]))
+    if result.get("students"):
+        tables.append(("Students", ["student", "memorized", "easy", "inherited", "neither", "easy share",
+                                    "inherited share", "neither share", "inheritance rate"],
+                       [[name, s["memorized"], s["easy"], s["inherited"], s["neither"], pct(s["easy_share"]),
+                         pct(s["inherited_share"]), pct(s["neither_share"]), pct(s["inheritance_rate"])]
+                        for name, s in result["students"].items()]))
+    if "hard_vs_soft" in result:
+        h = result["hard_vs_soft"]
+        tables.append(("Hard vs soft distillation", ["hard inherited", "soft inherited", "ratio"],
+                       [[h["hard_inherited"], h["soft_inherited"], fmt(h["ratio"])]]))
+    tables.append(("Pairwise overlap of memorized sets", ["a", "b", "intersection", "Jaccard", "overlap coefficient"],
+                   [[o["a"], o["b"], o["intersection"], fmt(o["jaccard"]), fmt(o["overlap_coefficient"])]
+                    for o in result["overlaps"]]))
+    return tables
+
+
+def ms(d: dict) -> str:
+    return f"{d['mean']:.4f} ± {d['std']:.4f}"
+
+
+def predict_tables(pred: dict) -> list[Table]:
+    resampled, real = pred["resampled"], pred["base_rate_eval"]
+    return [
+        (f"Predictor: held-out test sets, negatives resampled 1:{pred['neg_ratio']}, {pred['trials']} trials",
+         ["ROC-AUC", "precision", "recall"], [[ms(resampled[k]) for k in ("roc_auc", "precision", "recall")]]),
+        ("Predictor at the real base rate (every example not used for training, no resampling)",
+         ["base rate", "ROC-AUC", "average precision", "precision", "recall"],
+         [[ms(real[k]) for k in ("base_rate", "roc_auc", "average_precision", "precision", "recall")]]),
+        ("Standardized coefficients", ["feature", "coefficient"],
+         [[name, ms(c)] for name, c in pred["coefficients"].items()]),
+    ]
+
+
+def utility_table(utility: dict) -> Table:
+    return (f"Utility: perplexity on {utility['n_windows']} held-out windows of {utility['window_len']} tokens",
+            ["model", "perplexity", "mean NLL"],
+            [[name, fmt(m["perplexity"]), fmt(m["mean_nll"])] for name, m in utility["models"].items()])
+
+
+def summary_tables(result: dict, pred: dict | None, utility: dict | None) -> list[Table]:
+    """The paper-shaped summary: each model's memorization rate, the share of its memorized examples that
+    are easy, the teacher-only examples it inherited and its held-out perplexity; then the hard/soft
+    inheritance ratio and the predictor's AUC."""
+    sets, students = result.get("sets", {}), result.get("students", {})
+    ppl = (utility or {}).get("models", {})
+    rows = []
+    for name, run in result["runs"].items():
+        student = students.get(name, {})
+        easy = student.get("easy_share") if student else \
+            (sets["easy"] / sets["teacher"] if run["role"] == "teacher" and sets.get("teacher") else None)
+        rows.append([name, run["role"], pct(run["exact_match_rate"]), pct(easy), fmt(student.get("inherited")),
+                     fmt(ppl.get(name, {}).get("perplexity"))])
+    auc = ms(pred["resampled"]["roc_auc"]) if pred else None
+    return [("Summary (the paper's table)", ["model", "role", "memorization rate", "easy share",
+                                              "inherited (teacher-only)", "held-out perplexity"], rows),
+            ("Headline", ["hard/soft inherited ratio", "predictor ROC-AUC"],
+             [[fmt(result.get("hard_vs_soft", {}).get("ratio")), fmt(auc)]])]
+
+
+def markdown(tables: list[Table]) -> str:
+    parts = []
+    for title, header, rows in tables:
+        lines = [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"
+
+
+def html_tables(tables: list[Table]) -> str:
+    def row(cells, tag):
+        return "<tr>" + "".join(f"<{tag}>{html.escape(str(c))}</{tag}>" for c in cells) + "</tr>"
+
+    return "\n".join(f"<h3>{html.escape(title)}</h3>\n<table>{row(header, 'th')}"
+                     + "".join(row(r, "td") for r in rows) + "</table>" for title, header, rows in tables)

@@ -1,0 +1,86 @@
+"""Soft-label distillation: forward KL(teacher ‖ student) over the vocabulary at every position, with
+temperature T on both softmaxes and the loss scaled by T² (Hinton et al. 2015; the paper: T = 2).
+
+Built on TRL's `GKDTrainer` with lmbda = 0 (no student generation) and beta = 0 (forward KL). TRL's
+stock `compute_loss` calls its divergence without the temperature, so the loss is overridden here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # trl is pinned (pyproject): its GKD API is known here
+from trl.experimental.gkd import GKDConfig, GKDTrainer  # noqa: E402
+
+from evalmem.errors import InputError  # noqa: E402
+from evalmem.models import load_causal_lm, load_tokenizer, model_config, vocab_size  # noqa: E402
+from evalmem.train.finetune import as_dataset, load_trainee, train_and_save, training_args  # noqa: E402
+
+
+def soft_kd_loss(student_logits, teacher_logits, labels, temperature: float, num_items_in_batch=None):
+    """T² · KL(softmax(teacher / T) ‖ softmax(student / T)), summed over the vocabulary and averaged
+    over the positions whose label is not -100 (or divided by `num_items_in_batch`)."""
+    return temperature ** 2 * GKDTrainer.generalized_jsd_loss(
+        student_logits.float(), teacher_logits.float(), labels=labels, beta=0.0, temperature=temperature,
+        num_items_in_batch=num_items_in_batch)
+
+
+class SoftKDTrainer(GKDTrainer):
+    """GKDTrainer whose loss is `soft_kd_loss` over the first `vocab_size` logits (the tokenizer's tokens;
+    rows past them are embedding padding, which differs between e.g. Pythia-12B and Pythia-1.4B)."""
+
+    def __init__(self, *args, vocab_size: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.vocab_size = vocab_size
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        student = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        self.teacher_model.eval()
+        with torch.no_grad():
+            teacher = self.teacher_model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        v = self.vocab_size
+        loss = soft_kd_loss(student.logits[:, :-1, :v], teacher.logits[:, :-1, :v], inputs["labels"][:, 1:],
+                            self.temperature, num_items_in_batch)
+        return (loss, student) if return_outputs else loss
+
+
+def shared_vocabulary(teacher: str, student: str) -> int:
+    """The number of tokens of the tokenizer teacher and student share; an InputError if they differ."""
+    t, s = load_tokenizer(teacher), load_tokenizer(student)
+    if t.get_vocab() != s.get_vocab():
+        raise InputError(f"teacher {teacher} and student {student} have different tokenizers "
+                         f"({len(t)} vs {len(s)} tokens): distillation needs one vocabulary")
+    for model in (teacher, student):
+        size = vocab_size(model_config(model))
+        if size < len(t):
+            raise InputError(f"{model} has {size} output logits for a tokenizer of {len(t)} tokens")
+    return len(t)
+
+
+def load_teacher(teacher: str, logits: int):
+    """The teacher for inference (bf16 on GPU), its logit rows matched to the student's count for TRL's check."""
+    model = load_causal_lm(teacher, "bfloat16" if torch.cuda.is_available() else "float32", to_device="cpu")
+    if vocab_size(model.config) != logits:
+        model.resize_token_embeddings(logits, mean_resizing=False)
+    return model
+
+
+def distill_soft(teacher: str, student: str, windows, out: str | Path, *, temperature: float = 2.0,
+                 **train) -> Path:
+    """Distill `teacher` into `student` on `windows` (token-id lists or a Dataset with `input_ids`);
+    `train` holds `training_args`' settings. Saves a plain HF folder at `out` when finished."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    vocab = shared_vocabulary(teacher, student)
+    tokenizer = load_tokenizer(student)
+    config = training_args(GKDConfig, Path(out), lmbda=0.0, beta=0.0, temperature=temperature, **train)
+    model = load_trainee(student)
+    teacher_model = load_teacher(teacher, vocab_size(model.config))
+    trainer = SoftKDTrainer(model=model, teacher_model=teacher_model, args=config, train_dataset=as_dataset(windows),
+                            processing_class=tokenizer,
+                            data_collator=DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id or 0),
+                            vocab_size=vocab)
+    return train_and_save(trainer, tokenizer, Path(out))

@@ -1,0 +1,85 @@
+"""Full fine-tuning with cross-entropy on pre-tokenized training windows (TRL `SFTTrainer`).
+
+The trainer is fed the exact `input_ids` windows, so what is trained is what extraction tests.
+Used for the teacher, the baselines and (on the teacher's corpus) the hard-label student.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+
+from evalmem.models import load_causal_lm, load_tokenizer
+
+
+def device_flags() -> dict:
+    """TRL configs default to GPU settings; pick them per device."""
+    cuda = torch.cuda.is_available()
+    return {"use_cpu": not cuda, "bf16": cuda and torch.cuda.is_bf16_supported(), "fp16": False,
+            "gradient_checkpointing": False, "report_to": [], "save_strategy": "no", "logging_steps": 10,
+            "disable_tqdm": True}
+
+
+def training_args(config_cls, out: Path, *, epochs: float, lr: float, batch_size: int, seed: int, scheduler: str,
+                  warmup_steps: float, weight_decay: float, grad_accum: int = 1, **extra):
+    """A TRL config (SFTConfig or a subclass) that writes into OUT.partial; `seed` also sets the data order.
+    No truncation: windows are checked against the model's context before training."""
+    return config_cls(output_dir=str(partial_path(out)), num_train_epochs=epochs, learning_rate=lr,
+                      per_device_train_batch_size=batch_size, gradient_accumulation_steps=grad_accum, seed=seed,
+                      data_seed=seed, lr_scheduler_type=scheduler, warmup_steps=warmup_steps,
+                      weight_decay=weight_decay, max_length=None, **device_flags(), **extra)
+
+
+def load_trainee(model: str):
+    """The model to train, in fp32 (master weights; bf16 autocast on GPU), whatever dtype it was saved in; the
+    trainer places it."""
+    return load_causal_lm(model, "float32", to_device="cpu", train=True)
+
+
+def partial_path(out: Path) -> Path:
+    return out.with_name(out.name + ".partial")
+
+
+def as_dataset(windows):
+    """A `datasets.Dataset` whose only column is `input_ids`."""
+    from datasets import Dataset
+
+    if isinstance(windows, Dataset):
+        return windows.select_columns(["input_ids"])
+    return Dataset.from_dict({"input_ids": [list(map(int, w)) for w in windows]})
+
+
+def train_and_save(trainer, tokenizer, out: Path) -> Path:
+    """Train, save a plain HF folder to OUT.partial, then rename it to OUT (so a folder at OUT is finished).
+    Every process saves (FSDP gathers the weights); the main one renames."""
+    tmp = partial_path(out)
+    if trainer.is_world_process_zero():
+        shutil.rmtree(tmp, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    trainer.train()
+    trainer.save_model(str(tmp))
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(str(tmp))
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+    trainer.accelerator.wait_for_everyone()
+    return out
+
+
+def finetune(model: str, windows, out: str | Path, *, epochs: float = 3, lr: float = 5e-5, batch_size: int = 8,
+             seed: int = 0, scheduler: str = "cosine", warmup_steps: float = 0, weight_decay: float = 0.0,
+             grad_accum: int = 1) -> Path:
+    """Fine-tune `model` with CE on `windows` (lists of token ids or a Dataset with `input_ids`);
+    save a plain HF folder at `out`, which appears only when training has finished."""
+    from trl import SFTConfig, SFTTrainer
+
+    out = Path(out)
+    config = training_args(SFTConfig, out, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+                           scheduler=scheduler, warmup_steps=warmup_steps, weight_decay=weight_decay,
+                           grad_accum=grad_accum)
+    tokenizer = load_tokenizer(model)
+    trainer = SFTTrainer(model=load_trainee(model), args=config,
+                         train_dataset=as_dataset(windows), processing_class=tokenizer)
+    return train_and_save(trainer, tokenizer, out)
