@@ -160,16 +160,44 @@ def inheritance(student: set, sets: dict[str, set]) -> dict:
     return out
 
 
-def compare(runs: list[Run]) -> tuple[dict, dict[str, list]]:
-    """Compare joined runs: per-run statistics, pairwise overlaps and (given a teacher and baselines)
-    the paper's sets and each student's inheritance. Returns the result and the example ids of each set."""
+def load_counts(path: str | Path, runs: list[Run]) -> pa.Table:
+    """The duplicate counts of `evalmem dupcount` in `path`, checked to be of the runs' data and protocol."""
+    path = Path(path)
+    settings = read_settings(path, "counts.parquet")
+    check_protocol([(runs[0].name, runs[0].settings), (str(path), settings)])
+    return read_results(path / "counts.parquet", ["example_id", "suffix_count", "window_count"])
+
+
+def by_copies(runs: list[Run], counts: pa.Table) -> dict:
+    """Each run's memorization rate per suffix_count bucket (the examples the counts and the run share)."""
+    from evalmem.dupcount import BUCKETS, bucket_name, buckets
+
+    copies = dict(zip(counts["example_id"].to_pylist(), buckets(counts["suffix_count"].to_numpy())))
+    out = {}
+    for run in runs:
+        ids, hit = run.ids, run.table["exact_match"].to_numpy(zero_copy_only=False)
+        names = np.array([copies.get(i) for i in ids], dtype=object)
+        out[run.name] = {}
+        for low, high in BUCKETS:
+            name = bucket_name(low, high)
+            n, k = int((names == name).sum()), int(hit[names == name].sum())
+            out[run.name][name] = {"n": n, "memorized": k, "rate": ratio(k, n)}
+    return out
+
+
+def compare(runs: list[Run], counts: pa.Table | None = None) -> tuple[dict, dict[str, list]]:
+    """Compare joined runs: per-run statistics, pairwise overlaps, (given a teacher and baselines) the paper's
+    sets and each student's inheritance, and (given duplicate counts) memorization by copy count. Returns the
+    result and the example ids of each set (and of each run's memorized set, `memorized:NAME`)."""
     memorized = {r.name: r.memorized() for r in runs}
     result = {"n_examples": runs[0].table.num_rows, "data": runs[0].settings.get("data"),
               "protocol": {k: runs[0].settings.get(k) for k in PROTOCOL},
               "runs": {r.name: run_stats(r) for r in runs},
               "overlaps": [{"a": a, "b": b, **overlap(memorized[a], memorized[b])}
                            for a, b in combinations(memorized, 2)]}
-    ids: dict[str, list] = {}
+    ids: dict[str, list] = {f"memorized:{name}": sorted(m) for name, m in memorized.items()}
+    if counts is not None:
+        result["by_copies"] = by_copies(runs, counts)
     teacher = [r.name for r in runs if r.role == "teacher"]
     baselines = [memorized[r.name] for r in runs if r.role == "baseline"]
     if teacher and baselines:
@@ -177,7 +205,7 @@ def compare(runs: list[Run]) -> tuple[dict, dict[str, list]]:
         result["sets"] = {k: len(v) for k, v in sets.items()}
         students = [r.name for r in runs if r.role == "student"]
         result["students"] = {s: inheritance(memorized[s], sets) for s in students}
-        ids = {k: sorted(v) for k, v in sets.items()}
+        ids.update({k: sorted(v) for k, v in sets.items()})
         ids.update({f"inherited:{s}": sorted(memorized[s] & sets["teacher_only"]) for s in students})
         if {"hard", "soft"} <= set(students):
             hard, soft = (result["students"][s]["inherited"] for s in ("hard", "soft"))

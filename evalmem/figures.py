@@ -90,3 +90,16 @@ def draw_coefficients(pred):
         ax.set_xlabel("standardized coefficient (mean ± std over trials)")
         ax.set_title("Memorization predictor")
     return draw
+
+
+def draw_copies(by_copies: dict):
+    """Each model's memorization rate by how many times the example's suffix occurs in the training data."""
+    def draw(ax):
+        for name, cells in by_copies.items():
+            ax.plot(list(cells), [100 * (c["rate"] or 0) if c["n"] else np.nan for c in cells.values()],
+                    marker="o", label=name)
+        ax.set_xlabel("copies of the example's suffix in the training data")
+        ax.set_ylabel("% memorized")
+        ax.set_title("Memorization by copy count")
+        ax.legend()
+    return draw

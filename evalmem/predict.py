@@ -6,7 +6,9 @@ on standardized features (scikit-learn Pipeline) reports ROC-AUC, precision and 
 and standardized coefficients, mean ± std over trials. Because resampling inflates precision, every
 trial is ALSO scored on all examples it did not train on, at their real base rate.
 The saved model (model.joblib) is fit on all positives and neg_ratio times as many sampled negatives,
-so its probabilities assume that 1:neg_ratio prior; `filter --top-frac` does not depend on it.
+so its probabilities assume that 1:neg_ratio prior; a ranking (`filter --top-frac`) does not depend on it.
+risk.parquet holds every example's cross-fitted risk: scored by a model fit on the other folds, never on its
+own label, so ranking the training data by it is honest (`filter` and the risk-filtering experiment use it).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import pyarrow.parquet as pq
 
 from evalmem.analysis import check_protocol, read_settings
 from evalmem.errors import InputError, first_line
-from evalmem.settings import DEFAULT_FEATURES, FEATURES, DataSpec, PredictSettings
+from evalmem.settings import COUNT_FEATURES, DEFAULT_FEATURES, FEATURES, PredictSettings
 from evalmem.store import make_dir, read_results, write_atomic, write_json
 
 
@@ -39,17 +41,56 @@ def load_features(features_dir: str | Path, columns) -> tuple[dict, pa.Table]:
     return settings, read_results(path / "features.parquet", ["example_id", *columns])
 
 
-def labeled(features_dir, labels_dir, columns) -> tuple[np.ndarray, np.ndarray]:
-    """Feature matrix and student-memorized labels of the examples both directories hold."""
-    settings, feats = load_features(features_dir, columns)
+def feature_table(features_dir, columns, counts_dir=None) -> tuple[dict, pa.Table]:
+    """The settings of `features_dir` and its `columns`, with the duplicate counts of `counts_dir` (`evalmem
+    dupcount` on the same data) joined where `columns` name them."""
+    wanted = [c for c in columns if c not in COUNT_FEATURES]
+    settings, feats = load_features(features_dir, wanted)
+    counted = [c for c in columns if c in COUNT_FEATURES]
+    if counted:
+        if counts_dir is None:
+            raise InputError(f"feature {counted[0]} needs --counts (a directory written by `evalmem dupcount`)")
+        check_protocol([(str(features_dir), settings), (str(counts_dir), read_settings(Path(counts_dir),
+                                                                                      "counts.parquet"))])
+        counts = read_results(Path(counts_dir) / "counts.parquet", ["example_id", *counted])
+        feats = feats.join(counts, "example_id", join_type="inner")
+    return settings, feats
+
+
+def matrix(table: pa.Table, columns) -> np.ndarray:
+    """The feature matrix; duplicate counts enter as log(1 + count)."""
+    x = [table[c].to_numpy().astype(np.float64) for c in columns]
+    return np.column_stack([np.log1p(v) if c in COUNT_FEATURES else v for v, c in zip(x, columns)])
+
+
+def labeled(features_dir, labels_dir, columns, counts_dir=None) -> tuple[list, np.ndarray, np.ndarray, dict]:
+    """Example ids, feature matrix and student-memorized labels of the examples both directories hold, and the
+    features' settings."""
+    settings, feats = feature_table(features_dir, columns, counts_dir)
     labels_path = Path(labels_dir)
     check_protocol([(str(features_dir), settings), (str(labels_dir), read_settings(labels_path, "results.parquet"))])
     labels = read_results(labels_path / "results.parquet", ["example_id", "exact_match"])
-    joined = feats.join(labels, "example_id", join_type="inner")
+    joined = feats.join(labels, "example_id", join_type="inner").sort_by("example_id")
     if joined.num_rows == 0:
         raise InputError(f"{features_dir} and {labels_dir} share no example_id")
-    x = np.column_stack([joined[c].to_numpy().astype(np.float64) for c in columns])
-    return x, joined["exact_match"].to_numpy(zero_copy_only=False).astype(bool)
+    y = joined["exact_match"].to_numpy(zero_copy_only=False).astype(bool)
+    return joined["example_id"].to_pylist(), matrix(joined, columns), y, settings
+
+
+def cross_fitted(x: np.ndarray, y: np.ndarray, neg_ratio: float, folds: int, seed: int) -> np.ndarray:
+    """Every example's risk from a model that never saw its label: stratified folds, each scored by a model fit
+    on the other folds (positives and 1:neg_ratio resampled negatives, as the trials)."""
+    from sklearn.model_selection import StratifiedKFold
+
+    rng, risk = np.random.default_rng(seed), np.zeros(len(y))
+    split = StratifiedKFold(n_splits=max(2, min(folds, int(y.sum()))), shuffle=True, random_state=seed)
+    try:
+        for train, held in split.split(x, y):
+            fit = train[resample(y[train], neg_ratio, rng)]
+            risk[held] = make_model().fit(x[fit], y[fit]).predict_proba(x[held])[:, 1]
+    except ValueError as exc:  # too few positives for the folds
+        raise InputError(f"cannot cross-fit the risk on {int(y.sum())} memorized examples: {first_line(exc)}") from exc
+    return risk
 
 
 def resample(y: np.ndarray, neg_ratio: float, rng: np.random.Generator) -> np.ndarray:
@@ -110,71 +151,25 @@ def fit_predictor(x: np.ndarray, y: np.ndarray, names, trials: int, neg_ratio: f
     return report, final
 
 
-def predict_run(features: str, labels: str, out: str, columns, protocol: PredictSettings) -> dict:
-    """`evalmem predict`: fit and evaluate; write OUT/predict.json and OUT/model.joblib."""
+def predict_run(features: str, labels: str, out: str, columns, protocol: PredictSettings,
+                counts: str | None = None) -> dict:
+    """`evalmem predict`: fit and evaluate; write OUT/predict.json, OUT/model.joblib and OUT/risk.parquet (every
+    example's cross-fitted risk)."""
     import joblib
+    from sklearn.metrics import roc_auc_score
 
     columns = list(columns or DEFAULT_FEATURES)
-    unknown = sorted(set(columns) - set(FEATURES))
-    if unknown:
-        raise InputError(f"unknown feature {', '.join(unknown)}: choose from {', '.join(FEATURES)}")
-    x, y = labeled(features, labels, columns)
+    ids, x, y, settings = labeled(features, labels, columns, counts)
     report, model = fit_predictor(x, y, columns, protocol.trials, protocol.neg_ratio, protocol.test_size,
                                   protocol.seed)
-    report.update({"features_dir": str(features), "labels_dir": str(labels), "model_file": "model.joblib"})
+    risk = cross_fitted(x, y, protocol.neg_ratio, protocol.folds, protocol.seed)
+    report["cross_fitted"] = {"folds": protocol.folds, "roc_auc": float(roc_auc_score(y, risk))}
+    report.update({"features_dir": str(features), "labels_dir": str(labels), "counts_dir": counts,
+                   "data_fingerprint": settings.get("data_fingerprint"), "model_file": "model.joblib",
+                   "risk_file": "risk.parquet"})
     out = make_dir(out)
     write_atomic(out / "model.joblib", lambda tmp: joblib.dump({"model": model, "features": columns}, tmp))
+    table = pa.table({"example_id": ids, "risk": risk, "memorized": y})
+    write_atomic(out / "risk.parquet", lambda tmp: pq.write_table(table, tmp))
     write_json(out / "predict.json", report)
     return report
-
-
-def risky(prob: np.ndarray, threshold: float | None, top_frac: float | None) -> np.ndarray:
-    """Which examples the predictor marks: probability >= threshold, or the top_frac share by probability."""
-    if top_frac is None:
-        return prob >= threshold
-    marked = np.zeros(len(prob), dtype=bool)
-    marked[np.argsort(-prob, kind="stable")[:int(round(top_frac * len(prob)))]] = True
-    return marked
-
-
-def filter_run(predictor: str, features: str, data: DataSpec, out: str, threshold: float | None,
-               top_frac: float | None) -> dict:
-    """`evalmem filter`: write DATA without the examples the predictor marks risky."""
-    import joblib
-
-    from evalmem.data import load_source
-
-    if (threshold is None) == (top_frac is None):
-        raise InputError("give exactly one of --threshold and --top-frac")
-    if Path(out).suffix not in (".jsonl", ".parquet"):
-        raise InputError(f"--out must end in .jsonl or .parquet, got {out}")
-    if Path(out).resolve() == Path(data.path).resolve():
-        raise InputError(f"--out {out} is the input --data: write the filtered data to another file")
-    try:
-        saved = joblib.load(Path(predictor) / "model.joblib")
-    except Exception as exc:
-        raise InputError(f"cannot load the predictor in {predictor}: {first_line(exc)}") from exc
-    settings, feats = load_features(features, saved["features"])
-    source = load_source(data)
-    if settings.get("data_fingerprint") != source.fingerprint:
-        raise InputError(f"{features} was computed on other data than {data.path} (data fingerprints differ)")
-    x = np.column_stack([feats[c].to_numpy().astype(np.float64) for c in saved["features"]])
-    prob = saved["model"].predict_proba(x)[:, 1]
-    dropped = set(pc.filter(feats["example_id"], pa.array(risky(prob, threshold, top_frac))).to_pylist())
-    table = source.rows.with_format("arrow")[:]
-    if "id" not in table.column_names:  # keep the original ids so results on OUT join results on DATA
-        table = table.append_column("id", pa.array(source.ids))
-    kept = table.filter(pa.array([i not in dropped for i in source.ids]))
-    write_atomic(out, lambda tmp: write_rows(kept, tmp, Path(out).suffix))
-    return {"out": str(out), "n_input": table.num_rows, "n_scored": len(prob), "n_dropped": len(dropped),
-            "n_kept": kept.num_rows, "threshold": threshold, "top_frac": top_frac}
-
-
-def write_rows(table: pa.Table, path: Path, fmt: str) -> None:
-    """Write rows as Parquet (`fmt` .parquet) or JSON lines."""
-    if fmt == ".parquet":
-        pq.write_table(table, path)
-        return
-    with open(path, "w", encoding="utf-8") as f:
-        for batch in table.to_batches():
-            f.writelines(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in batch.to_pylist())

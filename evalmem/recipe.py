@@ -9,6 +9,7 @@
     soft:     {temperature, teacher}   # teacher: the fine-tuned teacher [default: OUT/teacher]
     hard:     {prefix_len, corpus}     # corpus: `evalmem generate` output [default: OUT/corpus]
     evaluate: {prefix_len, suffix_len, engine, mode, ...}   # what `evalmem pipeline` measures
+    risk_filter: {enabled, drop, students}   # drop the riskiest examples, distill again, extract (and a control)
 
 The sections are the dataclasses below (OmegaConf structured configs): every key has a default and a type, a key
 the recipe does not know or a value of the wrong type is refused in one line, and `${out}` in a value stands
@@ -122,6 +123,13 @@ class Evaluate:
 
 
 @dataclass(frozen=True)
+class RiskFilter:
+    enabled: bool = True  # the risk-filtering experiment after the predictor (needs one)
+    drop: Optional[int] = None  # examples dropped [default: as many as evaluate.predict_student memorized]
+    students: tuple[str, ...] = ("soft", "hard")  # re-distilled on what is left, and on a random removal
+
+
+@dataclass(frozen=True)
 class Recipe:
     out: Optional[str] = None
     seed: int = 0
@@ -132,6 +140,7 @@ class Recipe:
     soft: Soft = field(default_factory=Soft)
     hard: Hard = field(default_factory=Hard)
     evaluate: Evaluate = field(default_factory=Evaluate)
+    risk_filter: RiskFilter = field(default_factory=RiskFilter)
 
     def __post_init__(self):
         check_numbers(self)

@@ -9,21 +9,24 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
-from evalmem.analysis import compare, join, token_accuracies
+from evalmem.analysis import compare, join, load_counts, token_accuracies
 from evalmem.errors import InputError, first_line
-from evalmem.figures import draw_coefficients, draw_overlap, draw_rates, draw_students, draw_token_accuracy, png
+from evalmem.figures import (draw_coefficients, draw_copies, draw_overlap, draw_rates, draw_students,
+                             draw_token_accuracy, png)
 from evalmem.store import make_dir, write_atomic, write_json
 from evalmem.tables import compare_tables, html_tables, markdown, predict_tables, summary_tables, utility_table
 
-def write_compare(out: str | Path, runs) -> dict:
+def write_compare(out: str | Path, runs, counts: str | None = None) -> dict:
     """`evalmem compare`: join the runs and write compare.json, compare.md, sets.json and PNG figures."""
     out = make_dir(out)
     joined = join(runs)
-    result, ids = compare(joined)
+    result, ids = compare(joined, load_counts(counts, joined) if counts else None)
     figures = {"rates.png": draw_rates(result), "overlap.png": draw_overlap(result),
                "token_accuracy.png": draw_token_accuracy(token_accuracies(joined))}
     if result.get("students"):
         figures["students.png"] = draw_students(result)
+    if result.get("by_copies"):
+        figures["copies.png"] = draw_copies(result["by_copies"])
     for name, draw in figures.items():
         data = png(draw)
         write_atomic(out / name, lambda tmp: Path(tmp).write_bytes(data))
@@ -47,19 +50,20 @@ def read_json(path: Path, what: str) -> dict:
     return value
 
 
-def load_inputs(compare_dir, predict_dir=None, utility=None) -> tuple[dict, dict | None, dict | None]:
-    """compare.json, predict.json (optional) and the perplexity file (optional)."""
+def load_inputs(compare_dir, predict_dir=None, utility=None, risk_filter=None) -> tuple:
+    """compare.json, and (each optional) predict.json, the perplexity file and the risk-filter file."""
     result = read_json(Path(compare_dir) / "compare.json", "evalmem compare")
     pred = read_json(Path(predict_dir) / "predict.json", "evalmem predict") if predict_dir else None
-    return result, pred, read_json(Path(utility), "evalmem perplexity") if utility else None
+    return (result, pred, read_json(Path(utility), "evalmem perplexity") if utility else None,
+            read_json(Path(risk_filter), "evalmem filter-effect") if risk_filter else None)
 
 
 def write_report(compare_dir: str | Path, predict_dir: str | Path | None, out: str | Path,
-                 utility: str | Path | None = None) -> dict:
-    """`evalmem report`: one self-contained HTML page from a compare (and optionally a predict) directory
-    and a perplexity file, ending with the paper-shaped summary."""
+                 utility: str | Path | None = None, risk_filter: str | Path | None = None) -> dict:
+    """`evalmem report`: one self-contained HTML page from a compare (and optionally a predict) directory,
+    a perplexity file and a risk-filter file, ending with the paper-shaped summary."""
     compare_dir = Path(compare_dir)
-    result, pred, util = load_inputs(compare_dir, predict_dir, utility)
+    result, pred, util, risk = load_inputs(compare_dir, predict_dir, utility, risk_filter)
     tables = compare_tables(result)
     images = {}
     for name in result.get("figures", []):
@@ -72,7 +76,7 @@ def write_report(compare_dir: str | Path, predict_dir: str | Path | None, out: s
         images["coefficients.png"] = png(draw_coefficients(pred))
     if util:
         tables.append(utility_table(util))
-    summary = summary_tables(result, pred, util)
+    summary = summary_tables(result, pred, util, risk)
     protocol = result.get("protocol", {})
     body = "\n".join([
         "<h1>evalmem memorization report</h1>",

@@ -16,6 +16,7 @@ SHARD_SIZE = 2048
 MODES = ("decode", "screen", "verify", "auto")  # extract --mode; decode is the reference
 FEATURES = ("teacher_ppl", "baseline_ppl", "kl_teacher_baseline", "zlib_entropy", "min_k_logprob")
 DEFAULT_FEATURES = FEATURES[:4]  # the paper's four; min_k_logprob is opt-in
+COUNT_FEATURES = ("suffix_count", "window_count")  # from `evalmem dupcount`, opt-in
 
 
 def option(help: str, **click) -> dict:
@@ -174,3 +175,27 @@ class PredictSettings:
     test_size: float = field(default=0.3, metadata=option(
         "Fraction of each trial's examples held out for testing.", min=0, min_open=True, max=1, max_open=True))
     seed: int = field(default=0, metadata=option("Seed of the resampling."))
+    folds: int = field(default=5, metadata=option(
+        "Folds of the cross-fitted risk (risk.parquet): each example scored by a model fit on the others.", min=2))
+
+
+@dataclass(frozen=True)
+class FilterSettings:
+    """`evalmem filter`: which examples to drop."""
+
+    threshold: float | None = field(default=None, metadata=option(
+        "Drop examples whose predicted memorization probability is at least P (the model was fit on 1:NEG-RATIO "
+        "resampled data, so probabilities assume that prior).", min=0, max=1))
+    top_frac: float | None = field(default=None, metadata=option(
+        "Drop the fraction F of scored examples with the highest risk.", min=0, max=1))
+    top_n: int | None = field(default=None, metadata=option("Drop the N examples with the highest risk.", min=0))
+    as_many_as: str | None = field(default=None, metadata=option(
+        "Drop as many examples as the extraction run DIR memorized (the highest risk first).", metavar="DIR"))
+    random: bool = field(default=False, metadata=option(
+        "Drop a random selection of the same size instead of the riskiest (a control; --seed)."))
+    seed: int = field(default=0, metadata=option("Seed of --random."))
+
+    def __post_init__(self):
+        given = [self.threshold, self.top_frac, self.top_n, self.as_many_as]
+        if sum(v is not None for v in given) != 1:
+            raise InputError("give exactly one of --threshold, --top-frac, --top-n and --as-many-as")

@@ -36,6 +36,11 @@ def compare_tables(result: dict) -> list[Table]:
         h = result["hard_vs_soft"]
         tables.append(("Hard vs soft distillation", ["hard inherited", "soft inherited", "ratio"],
                        [[h["hard_inherited"], h["soft_inherited"], fmt(h["ratio"])]]))
+    if result.get("by_copies"):
+        first = next(iter(result["by_copies"].values()))
+        tables.append(("Memorization by copy count of the suffix (memorized / examples)", ["model", *first],
+                       [[name, *(f"{c['memorized']} / {c['n']}" for c in cells.values())]
+                        for name, cells in result["by_copies"].items()]))
     tables.append(("Pairwise overlap of memorized sets", ["a", "b", "intersection", "Jaccard", "overlap coefficient"],
                    [[o["a"], o["b"], o["intersection"], fmt(o["jaccard"]), fmt(o["overlap_coefficient"])]
                     for o in result["overlaps"]]))
@@ -65,10 +70,10 @@ def utility_table(utility: dict) -> Table:
             [[name, fmt(m["perplexity"]), fmt(m["mean_nll"])] for name, m in utility["models"].items()])
 
 
-def summary_tables(result: dict, pred: dict | None, utility: dict | None) -> list[Table]:
+def summary_tables(result: dict, pred: dict | None, utility: dict | None, risk: dict | None = None) -> list[Table]:
     """The paper-shaped summary: each model's memorization rate, the share of its memorized examples that
     are easy, the teacher-only examples it inherited and its held-out perplexity; then the hard/soft
-    inheritance ratio and the predictor's AUC."""
+    inheritance ratio and the predictor's AUC; then the risk-filtering experiment."""
     sets, students = result.get("sets", {}), result.get("students", {})
     ppl = (utility or {}).get("models", {})
     rows = []
@@ -82,7 +87,17 @@ def summary_tables(result: dict, pred: dict | None, utility: dict | None) -> lis
     return [("Summary (the paper's table)", ["model", "role", "memorization rate", "easy share",
                                               "inherited (teacher-only)", "held-out perplexity"], rows),
             ("Headline", ["hard/soft inherited ratio", "predictor ROC-AUC"],
-             [[fmt(result.get("hard_vs_soft", {}).get("ratio")), fmt(auc)]])]
+             [[fmt(result.get("hard_vs_soft", {}).get("ratio")), fmt(auc)]])] + ([risk_table(risk)] if risk else [])
+
+
+def risk_table(risk: dict) -> Table:
+    """The risk-filtering experiment: memorized examples among those kept, before and after removing the
+    riskiest, against a random removal of the same size."""
+    return ("Risk filtering (memorized among the kept examples)",
+            ["student", "dropped", "memorized before", "memorized after", "random removal: before", "after"],
+            [[name, r["dropped"], r["memorized_before"], r["memorized_after"],
+              r["random_control"]["memorized_before"], r["random_control"]["memorized_after"]]
+             for name, r in risk.items()])
 
 
 def markdown(tables: list[Table]) -> str:

@@ -114,3 +114,45 @@ def test_compare_real_extraction_runs(invoke, tiny_runs, tmp_path):
     assert cmp["sets"]["easy"] == len(m_model & m_base)
     assert cmp["sets"]["teacher_only"] == len(m_model - m_base)
     assert m_model <= {f"w{i}" for i in range(32)}  # only trained windows are memorized
+
+
+def test_memorization_by_copy_count(invoke, runs, tmp_path):
+    """compare --counts: each model's memorized / examples per suffix_count bucket of `evalmem dupcount`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    counts = tmp_path / "counts"
+    counts.mkdir()
+    copies = [1 + (i % 20) for i in range(100)]  # e0: 1, e1: 2, ..., e19: 20, e20: 1, ...
+    pq.write_table(pa.table({"example_id": IDS, "suffix_count": copies, "window_count": copies}),
+                   counts / "counts.parquet")
+    settings = {"command": "dupcount", "data_fingerprint": "sha256:test-data", "prefix_len": 50, "suffix_len": 50}
+    (counts / "manifest.json").write_text(json.dumps({"settings": settings}))
+    (counts / "summary.json").write_text("{}")
+    invoke(*compare_args(runs, tmp_path / "cmp"), "--counts", counts)
+    cmp = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    teacher = cmp["by_copies"]["teacher"]
+    assert list(teacher) == ["1", "2-3", "4-7", "8-15", "16+"]
+    assert sum(c["n"] for c in teacher.values()) == 100 and teacher["1"]["n"] == 5 and teacher["16+"]["n"] == 25
+    members_by = {b: sum(f"e{i}" in members("teacher") for i in range(100) if lo <= copies[i] <= (hi or 99))
+                  for b, (lo, hi) in zip(teacher, ((1, 1), (2, 3), (4, 7), (8, 15), (16, None)))}
+    assert {b: c["memorized"] for b, c in teacher.items()} == members_by
+    assert (tmp_path / "cmp" / "copies.png").exists()
+    bad = dict(settings, prefix_len=32)
+    (counts / "manifest.json").write_text(json.dumps({"settings": bad}))
+    assert "differ in prefix_len" in invoke(*compare_args(runs, tmp_path / "c2"), "--counts", counts, code=2).output
+
+
+def test_filter_effect_counts_on_the_kept_examples(invoke, tmp_path):
+    before = write_run(tmp_path / "before", IDS[:20], {"e0", "e1", "e2", "e10"})
+    after = write_run(tmp_path / "after", IDS[3:20], {"e10"})  # e0-e2 dropped
+    control = write_run(tmp_path / "control", IDS[:17], {"e0", "e1", "e2"})  # e17-e19 dropped
+    invoke("filter-effect", "--before", f"soft={before}", "--after", f"soft={after}", "--control",
+           f"soft={control}", "--out", tmp_path / "effect.json")
+    effect = json.loads((tmp_path / "effect.json").read_text())["soft"]
+    assert (effect["dropped"], effect["memorized_before"], effect["memorized_after"]) == (3, 1, 1)
+    assert effect["random_control"] == {"dropped": 3, "kept": 17, "memorized_before": 4, "memorized_after": 3}
+    wrong = write_run(tmp_path / "wrong", ["x1"], set())
+    result = invoke("filter-effect", "--before", f"soft={before}", "--after", f"soft={wrong}", "--control",
+                    f"soft={control}", "--out", tmp_path / "e2.json", code=2)
+    assert "holds examples that" in result.output

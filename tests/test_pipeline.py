@@ -36,9 +36,10 @@ def pipeline_args(out, settings, **changes):
     return ["pipeline", "--recipe", RECIPE, "--out", out, *sets]
 
 
+@pytest.mark.slow
 def test_pipeline_runs_every_stage_and_continues_after_kill(minute_scale, tmp_path, cli):
-    from evalmem.pipeline import stages
     from evalmem.recipe import load_recipe
+    from evalmem.stages import baseline_seeds, final_stages, stages
 
     out = tmp_path / "exp"
     proc = subprocess.Popen([sys.executable, "-m", "evalmem", *map(str, pipeline_args(out, minute_scale))],
@@ -54,13 +55,23 @@ def test_pipeline_runs_every_stage_and_continues_after_kill(minute_scale, tmp_pa
     result = cli(*pipeline_args(out, minute_scale))
     record = json.loads((out / "pipeline.json").read_text())
     recipe = load_recipe(out / "recipe.yaml")
-    expected = [s.name for s in stages(recipe, out / "recipe.yaml")] + ["report"]
-    assert list(record) == expected
+    every = stages(recipe, out / "recipe.yaml") + final_stages(recipe, out / "recipe.yaml",
+                                                                list(baseline_seeds(recipe)), predicted=True)
+    expected = [s.name for s in every]
+    assert list(record) == expected and "filter-effect" in expected and expected[-1] == "report"
     assert record["teacher"]["status"] == "done", "finished stages are skipped"
     assert all(record[name]["status"] == "ran" for name in expected[1:]), record
     assert (out / "teacher" / "model.safetensors").stat().st_mtime_ns == teacher_weights
-    for stage in stages(recipe, out / "recipe.yaml"):
+    for stage in every:
         assert stage.done.exists(), stage.name
+    risk = json.loads((out / "risk_filter.json").read_text())
+    memorized = json.loads((out / "extract" / "teacher" / "summary.json").read_text())["exact_match_count"]
+    for student in ("soft", "hard"):  # as many dropped as the predictor's labels (the teacher's) memorized
+        assert risk[student]["dropped"] == risk[student]["random_control"]["dropped"] == memorized
+        assert risk[student]["kept"] == 64 - memorized
+    counts = json.loads((out / "dupcount" / "summary.json").read_text())
+    assert counts["n_examples"] == 64
+    assert "Risk filtering" in (out / "report.html").read_text()
 
     summary = json.loads((out / "extract" / "teacher" / "summary.json").read_text())
     assert 28 <= summary["exact_match_count"] <= 32 and summary["n_examples"] == 64, "it kept the trained windows"

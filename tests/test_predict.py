@@ -145,7 +145,7 @@ def test_filter_bad_input(invoke, dirs):
     invoke("predict", "--features", dirs["feats"], "--labels", dirs["labels"], "--out", tmp / "pred", "--trials", 2)
     common = ["filter", "--predictor", tmp / "pred", "--features", dirs["feats"], "--out", tmp / "kept.jsonl"]
     result = invoke(*common, "--data", dirs["data"], "--threshold", 0.5, "--top-frac", 0.1, code=2)
-    assert "exactly one of --threshold and --top-frac" in result.output
+    assert "exactly one of --threshold, --top-frac, --top-n and --as-many-as" in result.output
     other = write_jsonl(tmp / "other.jsonl", [{"id": "d0", "text": "x"}])
     result = invoke(*common, "--data", other, "--threshold", 0.5, code=2)
     assert "computed on other data" in result.output and not (tmp / "kept.jsonl").exists()
@@ -165,3 +165,36 @@ def test_labels_written_back_by_pandas_are_read_the_same(invoke, dirs):
     invoke("predict", "--features", dirs["feats"], "--labels", dirs["labels"], "--out", tmp / "b", "--trials", 3)
     a, b = (json.loads((tmp / d / "predict.json").read_text()) for d in "ab")
     assert a["resampled"] == b["resampled"] and a["n_positive"] == b["n_positive"] == 30
+
+
+def test_cross_fitted_risk_never_scores_an_example_with_its_own_label():
+    """Flipping one example's label does not move its own cross-fitted risk (its fold's model never saw it)."""
+    from evalmem.predict import cross_fitted
+
+    x, y = synthetic(n=400, n_pos=40, separation=3.0, seed=3)
+    risk = cross_fitted(x, y, neg_ratio=3, folds=5, seed=0)
+    assert risk[y].mean() > risk[~y].mean() + 0.3
+    flipped = y.copy()
+    i = int(np.flatnonzero(y)[0])
+    flipped[i] = False
+    again = cross_fitted(x, flipped, neg_ratio=3, folds=5, seed=0)
+    assert np.isclose(again[i], risk[i], atol=0.2)  # the same fold structure keeps it out of its own fit
+
+
+def test_filter_drops_the_riskiest_or_as_many_at_random(invoke, dirs):
+    tmp = dirs["tmp"]
+    invoke("predict", "--features", dirs["feats"], "--labels", dirs["labels"], "--out", tmp / "pred", "--trials", 3)
+    risk = pq.read_table(tmp / "pred" / "risk.parquet").to_pydict()
+    assert risk["example_id"] == sorted(dirs["ids"])
+    common = ["filter", "--predictor", tmp / "pred", "--features", dirs["feats"], "--data", dirs["data"]]
+    invoke(*common, "--as-many-as", dirs["labels"], "--out", tmp / "top.jsonl")
+    invoke(*common, "--as-many-as", dirs["labels"], "--random", "--out", tmp / "random.jsonl")
+    kept = {name: {json.loads(line)["id"] for line in (tmp / f"{name}.jsonl").read_text().splitlines()}
+            for name in ("top", "random")}
+    riskiest = {i for _, i in sorted(zip(risk["risk"], risk["example_id"]), reverse=True)[:30]}
+    assert len(kept["top"]) == len(kept["random"]) == 570
+    assert set(dirs["ids"]) - kept["top"] == riskiest
+    positives = {i for i, hit in zip(dirs["ids"], dirs["y"]) if hit}
+    assert len(positives - kept["top"]) >= 28 and len(positives - kept["random"]) <= 6
+    result = invoke(*common, "--top-n", 3, "--top-frac", 0.1, "--out", tmp / "x.jsonl", code=2)
+    assert "exactly one of --threshold, --top-frac, --top-n and --as-many-as" in result.output

@@ -7,7 +7,7 @@ import json
 import click
 
 from evalmem.cli.options import out_option, settings
-from evalmem.settings import FEATURES, DataSpec, PredictSettings
+from evalmem.settings import COUNT_FEATURES, FEATURES, DataSpec, FilterSettings, PredictSettings
 
 
 @click.command()
@@ -15,15 +15,17 @@ from evalmem.settings import FEATURES, DataSpec, PredictSettings
 @click.option("--baseline", "baselines", multiple=True, help="Baseline run [NAME=]DIR; repeat for several seeds.")
 @click.option("--student", "students", multiple=True, help="Student run NAME=DIR (e.g. soft=runs/soft); repeatable.")
 @click.option("--run", "others", multiple=True, help="Any other run [NAME=]DIR to tabulate and overlap; repeatable.")
+@click.option("--counts", default=None, type=click.Path(file_okay=False),
+              help="Directory written by `evalmem dupcount` on the same data: memorization by copy count.")
 @out_option("Directory for compare.json, compare.md, sets.json and PNG figures.")
-def compare(teacher, baselines, students, others, out):
+def compare(teacher, baselines, students, others, counts, out):
     """Join extraction runs on example_id and compare their memorized sets: rates, overlaps, easy and
     teacher-only examples, each student's inherited examples, hard-vs-soft ratio, figures."""
     from evalmem.analysis import load_runs
     from evalmem.report import write_compare
     from evalmem.tables import compare_tables, markdown
 
-    result = write_compare(out, load_runs(teacher, list(baselines), list(students), list(others)))
+    result = write_compare(out, load_runs(teacher, list(baselines), list(students), list(others)), counts)
     click.echo(markdown(compare_tables(result)))
 
 
@@ -33,16 +35,18 @@ def compare(teacher, baselines, students, others, out):
 @click.option("--labels", required=True, type=click.Path(file_okay=False),
               help="Extraction run whose exact matches are the positives (the student's).")
 @out_option("Directory for predict.json and model.joblib.")
-@click.option("--feature", "columns", multiple=True, type=click.Choice(FEATURES),
+@click.option("--feature", "columns", multiple=True, type=click.Choice(FEATURES + COUNT_FEATURES),
               help="Feature column to use; repeatable [default: the paper's four: teacher_ppl, baseline_ppl, "
-                   "kl_teacher_baseline, zlib_entropy].")
+                   "kl_teacher_baseline, zlib_entropy; suffix_count and window_count need --counts].")
+@click.option("--counts", default=None, type=click.Path(file_okay=False),
+              help="Directory written by `evalmem dupcount` on the same data (count features, as log(1 + count)).")
 @settings(PredictSettings, "protocol")
-def predict(features_dir, labels, out, columns, protocol):
+def predict(features_dir, labels, out, columns, counts, protocol):
     """Fit the memorization predictor (logistic regression on standardized features): ROC-AUC, precision,
     recall and coefficients over resampled trials, and precision/recall at the real base rate."""
     from evalmem.predict import predict_run
 
-    click.echo(json.dumps(predict_run(features_dir, labels, out, columns, protocol), indent=2))
+    click.echo(json.dumps(predict_run(features_dir, labels, out, columns, protocol, counts), indent=2))
 
 
 @click.command("filter")
@@ -53,16 +57,35 @@ def predict(features_dir, labels, out, columns, protocol):
 @settings(DataSpec, "data", tokenizer=None, limit=None)
 @out_option("Filtered data file (.jsonl or .parquet); keeps an `id` column so results still join.",
             directory=False)
-@click.option("--threshold", type=click.FloatRange(0, 1), default=None,
-              help="Drop examples whose predicted memorization probability is at least P (the model was fit "
-                   "on 1:NEG-RATIO resampled data, so probabilities assume that prior).")
-@click.option("--top-frac", type=click.FloatRange(0, 1), default=None,
-              help="Drop the fraction F of scored examples with the highest predicted probability.")
-def filter_(predictor, features_dir, data, out, threshold, top_frac):
-    """Write the training data without the examples the predictor marks as memorization risks."""
-    from evalmem.predict import filter_run
+@settings(FilterSettings, "selection")
+def filter_(predictor, features_dir, data, out, selection):
+    """Write the training data without the examples the predictor marks as memorization risks (ranked by the
+    cross-fitted risk where the predictor was fit on this data), or without as many random ones (--random)."""
+    from evalmem.filtering import filter_run
 
-    click.echo(json.dumps(filter_run(predictor, features_dir, data, out, threshold, top_frac), indent=2))
+    click.echo(json.dumps(filter_run(predictor, features_dir, data, out, selection), indent=2))
+
+
+def named(specs: tuple[str, ...]) -> dict[str, str]:
+    from evalmem.analysis import parse_spec
+
+    return dict(parse_spec(s, s) for s in specs)
+
+
+@click.command("filter-effect")
+@click.option("--before", multiple=True, required=True, metavar="NAME=DIR",
+              help="A student's extraction run, distilled on all the data; repeatable.")
+@click.option("--after", multiple=True, required=True, metavar="NAME=DIR",
+              help="The same student distilled on the filtered data, extracted on the examples kept.")
+@click.option("--control", multiple=True, required=True, metavar="NAME=DIR",
+              help="The same student distilled on a random removal of the same size, extracted on its kept examples.")
+@out_option("The JSON file to write.", directory=False)
+def filter_effect(before, after, control, out):
+    """The risk-filtering experiment's numbers per student: examples dropped, memorized on the kept examples
+    before and after filtering, and after a random removal of the same size."""
+    from evalmem.filtering import filter_effect as run
+
+    click.echo(json.dumps(run(named(before), named(after), named(control), out), indent=2))
 
 
 @click.command()
@@ -72,13 +95,15 @@ def filter_(predictor, features_dir, data, out, threshold, top_frac):
               help="Directory written by `evalmem predict` (optional).")
 @click.option("--utility", default=None, type=click.Path(dir_okay=False),
               help="JSON file written by `evalmem perplexity` (optional; name its models as compare's runs).")
+@click.option("--risk-filter", default=None, type=click.Path(dir_okay=False),
+              help="JSON file written by `evalmem filter-effect` (optional).")
 @out_option("The HTML file to write.", directory=False)
-def report(compare_dir, predict_dir, utility, out):
+def report(compare_dir, predict_dir, utility, risk_filter, out):
     """One self-contained HTML page (tables and embedded figures) from compare, predict and perplexity
     results, ending with the paper-shaped summary table (also printed)."""
     from evalmem.report import write_report
 
-    click.echo(write_report(compare_dir, predict_dir, out, utility)["summary"])
+    click.echo(write_report(compare_dir, predict_dir, out, utility, risk_filter)["summary"])
 
 
 @click.command()
@@ -88,12 +113,17 @@ def report(compare_dir, predict_dir, utility, out):
 @out_option("Experiment folder: models, runs, logs, OUT/report.html. Rerun to continue a stopped run.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Override a recipe key, e.g. --set evaluate.engine=hf (repeatable).")
-def pipeline(recipe, out, sets):
+@click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Run the recipe with this many seeds (OUT/seed-S each, from the recipe's seed) and tabulate each "
+                   "finding's mean and range in OUT/seeds.md.")
+def pipeline(recipe, out, sets, seeds):
     """The paper's experiment end to end: base models, teacher, baselines, the teacher's corpus, soft and
     hard students, extraction on every checkpoint, features, predictor, utility, compare, and an HTML
     report ending with the paper-shaped table (printed too). Each stage's command and time are printed;
     finished stages are skipped, so a stopped pipeline continues where it stopped."""
-    from evalmem.pipeline import pipeline_run, summary
+    from evalmem.pipeline import pipeline_run, seeds_run, summary
 
-    recipe, record = pipeline_run(recipe, out, sets)
-    click.echo(summary(recipe, record))
+    if seeds > 1:
+        click.echo(seeds_run(recipe, out, sets, seeds))
+    else:
+        click.echo(summary(*pipeline_run(recipe, out, sets)))

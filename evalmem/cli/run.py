@@ -89,3 +89,16 @@ def perplexity(models, data, window_len, batch_size, dtype, out):
 
     specs = [parse_spec(m, m.rstrip("/").rsplit("/", 1)[-1]) for m in models]
     click.echo(json.dumps(perplexity_run(specs, data, window_len, batch_size, dtype, out), indent=2))
+
+
+@click.command()
+@settings(DataSpec, "data")
+@click.option("--prefix-len", type=int, default=50, show_default=True, help="Prompt tokens per example.")
+@click.option("--suffix-len", type=int, default=50, show_default=True, help="Suffix tokens per example.")
+@out_option("Directory for counts.parquet (example_id, suffix_count, window_count) and summary.json.")
+def dupcount(data, prefix_len, suffix_len, out):
+    """Duplicate counts: how often each example's suffix (suffix_count) and whole window (window_count) occur in
+    the data's token stream, at any row and offset, the example itself once. Text data needs --tokenizer."""
+    from evalmem.dupcount import dupcount_run
+
+    click.echo(json.dumps(dupcount_run(data, prefix_len, suffix_len, out), indent=2))

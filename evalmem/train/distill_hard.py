@@ -32,14 +32,14 @@ def load_corpus(corpus: str | Path):
 
 
 def match_corpus(rows, ids: list, windows: np.ndarray, prefix_len: int, vocab_size: int, name: str):
-    """The corpus rows in training-window order, as a Dataset of `input_ids`; an InputError unless there is
-    exactly one row per training window, holding that window's first `prefix_len` tokens followed by a
-    continuation to the window's length."""
+    """The corpus rows of the training windows, in their order, as a Dataset of `input_ids`; an InputError unless
+    every training window has exactly one row (the corpus may hold more: e.g. of windows a filter removed), holding
+    that window's first `prefix_len` tokens followed by a continuation to the window's length."""
     if not 0 < prefix_len < windows.shape[1]:
         raise InputError(f"hard.prefix_len must be between 1 and the window length - 1, got {prefix_len}")
     position = {example_id: k for k, example_id in enumerate(rows["example_id"])}
     found = [position[i] for i in ids if i in position]
-    if len(position) != len(rows) or len(found) != len(ids) or len(rows) != len(ids):
+    if len(position) != len(rows) or len(found) != len(ids):
         raise InputError(f"corpus {name} has {len(rows)} rows ({len(rows) - len(position)} duplicated ids) for "
                          f"{len(found)} of the {len(ids)} training windows: generate it from the training data")
     column = rows.data.column("input_ids").take(found).combine_chunks()

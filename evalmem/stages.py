@@ -1,0 +1,142 @@
+"""The stages of `evalmem pipeline`: each one command a user could type, and the file that says it finished."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from evalmem.recipe import Data, Evaluate, Recipe
+
+
+@dataclass
+class Stage:
+    name: str
+    argv: list[str]  # after `python -m`: a module (evalmem, evalmem.train) and its arguments
+    done: Path  # exists once the stage has finished
+    optional: bool = False  # the pipeline goes on without it (e.g. a predictor with no positive example)
+
+
+def data_args(data: Data, heldout: bool = False) -> list[str]:
+    """--data/--split/--config/--text-column/--limit of the recipe's training data or held-out data."""
+    path, config, split, limit = ((data.heldout, data.heldout_config, data.heldout_split, data.heldout_limit)
+                                  if heldout else (data.path, data.config, data.split, data.limit))
+    args = ["--data", path, "--split", split, "--text-column", data.text_column]
+    return args + (["--config", config] if config else []) + (["--limit", str(limit)] if limit else [])
+
+
+def engine_args(ev: Evaluate) -> list[str]:
+    return (["--engine", ev.engine] if ev.engine else []) + ["--dtype", ev.dtype, "--tensor-parallel-size",
+                                                             str(ev.tensor_parallel_size)]
+
+
+def training_stages(recipe: Recipe, rec: list[str], baselines: dict[str, int]) -> list[Stage]:
+    """prepare (offline recipes), teacher, baselines, corpus, soft, hard."""
+    out, train = recipe.out_path, ["evalmem.train"]
+    found = [Stage("prepare", [*train, "prepare", *rec], out / "base" / "prepared.json")] \
+        if recipe.prepare.builder else []
+    found.append(Stage("teacher", [*train, "finetune", "--run", "teacher", *rec], out / "teacher"))
+    found += [Stage(b, [*train, "finetune", "--run", "baseline", "--seed", str(s), *rec], out / b)
+              for b, s in baselines.items()]
+    corpus = recipe.hard.corpus or str(out / "corpus")
+    new_tokens = recipe.data.window_len - recipe.hard.prefix_len
+    found.append(Stage("corpus", ["evalmem", "generate", "--model", str(out / "teacher"), *data_args(recipe.data),
+                                  "--prefix-len", str(recipe.hard.prefix_len), "--max-new-tokens", str(new_tokens),
+                                  "--out", corpus, *engine_args(recipe.evaluate)], Path(corpus) / "summary.json"))
+    return found + [Stage(s, [*train, f"distill-{s}", *rec], out / s) for s in ("soft", "hard")]
+
+
+def evaluation_stages(recipe: Recipe, baselines: list[str]) -> list[Stage]:
+    """dupcount, extract-MODEL for every checkpoint, features, predict."""
+    out, ev, data, extract = recipe.out_path, recipe.evaluate, recipe.data, recipe.out_path / "extract"
+    lengths = ["--prefix-len", str(ev.prefix_len), "--suffix-len", str(ev.suffix_len)]
+    found = [Stage("dupcount", ["evalmem", "dupcount", *data_args(data), "--tokenizer", str(out / "teacher"),
+                                *lengths, "--out", str(out / "dupcount")], out / "dupcount" / "summary.json")]
+    found += [extract_stage(recipe, m, out / m, data_args(data)) for m in models(baselines)]
+    found.append(Stage("features", ["evalmem", "features", "--teacher", str(out / "teacher"), "--baseline",
+                                    str(out / baselines[0]), *data_args(data), *lengths, "--dtype", ev.dtype,
+                                    "--out", str(out / "features")], out / "features" / "summary.json"))
+    found.append(Stage("predict", ["evalmem", "predict", "--features", str(out / "features"), "--labels",
+                                   str(extract / ev.predict_student), "--out", str(out / "predict"),
+                                   "--trials", str(ev.trials), "--neg-ratio", str(ev.neg_ratio),
+                                   "--test-size", str(ev.test_size), "--seed", str(recipe.seed)],
+                       out / "predict" / "predict.json", optional=True))
+    return found
+
+
+def models(baselines: list[str]) -> list[str]:
+    return ["teacher", *baselines, "soft", "hard"]
+
+
+def extract_stage(recipe: Recipe, name: str, model: Path, data: list[str]) -> Stage:
+    ev, out = recipe.evaluate, recipe.out_path / "extract" / name
+    return Stage(f"extract-{name}", ["evalmem", "extract", "--model", str(model), *data, "--prefix-len",
+                                     str(ev.prefix_len), "--suffix-len", str(ev.suffix_len), "--mode", ev.mode,
+                                     "--out", str(out), *engine_args(ev)], out / "summary.json")
+
+
+def risk_stages(recipe: Recipe, recipe_file: Path) -> list[Stage]:
+    """The risk-filtering experiment: drop the riskiest examples (cross-fitted risk) and, as a control, as many
+    random ones; distill each student again on what is left, extract it there; then the effect, per student."""
+    out, rf = recipe.out_path, recipe.risk_filter
+    where, size = out / "risk_filter", (["--top-n", str(rf.drop)] if rf.drop is not None else
+                                        ["--as-many-as", str(out / "extract" / recipe.evaluate.predict_student)])
+    found = []
+    for kind, extra in (("filtered", []), ("random", ["--random", "--seed", str(recipe.seed)])):
+        kept = where / f"{kind}.jsonl"
+        found.append(Stage(f"select-{kind}", ["evalmem", "filter", "--predictor", str(out / "predict"), "--features",
+                                              str(out / "features"), *data_args(recipe.data), *size, *extra,
+                                              "--out", str(kept)], kept))
+        for student in rf.students:
+            model = where / f"{student}-{kind}"
+            local = [f"data.path={kept}", "data.config=null", "data.limit=null"]  # the kept rows, all of them
+            found.append(Stage(f"{student}-{kind}", ["evalmem.train", f"distill-{student}", "--recipe",
+                                                     str(recipe_file), *[x for v in local for x in ("--set", v)],
+                                                     "--out", str(model)], model))
+            found.append(extract_stage(recipe, f"{student}-{kind}", model,
+                                       ["--data", str(kept), "--text-column", recipe.data.text_column]))
+    runs = {role: [f"{s}={out / 'extract' / (s + suffix)}" for s in rf.students]
+            for role, suffix in (("before", ""), ("after", "-filtered"), ("control", "-random"))}
+    found.append(Stage("filter-effect", ["evalmem", "filter-effect", *[x for role, specs in runs.items()
+                                                                        for s in specs for x in (f"--{role}", s)],
+                                         "--out", str(out / "risk_filter.json")], out / "risk_filter.json"))
+    return found
+
+
+def final_stages(recipe: Recipe, recipe_file: Path, baselines: list[str], predicted: bool) -> list[Stage]:
+    """What follows the predictor: the risk-filtering experiment (given a predictor), utility, compare, report."""
+    out, data, extract = recipe.out_path, recipe.data, recipe.out_path / "extract"
+    found = risk_stages(recipe, recipe_file) if predicted and recipe.risk_filter.enabled else []
+    if data.heldout:
+        found.append(Stage("utility", ["evalmem", "perplexity", *[f"--model={m}={out / m}" for m in models(baselines)],
+                                       *data_args(data, heldout=True), "--window-len", str(data.window_len),
+                                       "--dtype", recipe.evaluate.dtype, "--out", str(out / "utility.json")],
+                           out / "utility.json"))
+    found.append(Stage("compare", ["evalmem", "compare", "--teacher", f"teacher={extract / 'teacher'}",
+                                   *[f"--baseline={b}={extract / b}" for b in baselines],
+                                   "--student", f"soft={extract / 'soft'}", "--student", f"hard={extract / 'hard'}",
+                                   "--counts", str(out / "dupcount"), "--out", str(out / "compare")],
+                       out / "compare" / "compare.json"))
+    return found + [report_stage(recipe, predicted)]
+
+
+def baseline_seeds(recipe: Recipe) -> dict[str, int]:
+    return {f"baseline-seed{recipe.seed + i}": recipe.seed + i for i in range(recipe.evaluate.baseline_seeds)}
+
+
+def stages(recipe: Recipe, recipe_file: Path) -> list[Stage]:
+    """The recipe's stages up to the predictor, in order (`final_stages` follow)."""
+    baselines = baseline_seeds(recipe)
+    return (training_stages(recipe, ["--recipe", str(recipe_file)], baselines)
+            + evaluation_stages(recipe, list(baselines)))
+
+
+def report_stage(recipe: Recipe, predicted: bool) -> Stage:
+    """The report: with the predictor and utility where those stages produced them."""
+    out = recipe.out_path
+    extra = ["--predict", str(out / "predict")] if predicted else []
+    extra += ["--utility", str(out / "utility.json")] if recipe.data.heldout else []
+    extra += ["--risk-filter", str(out / "risk_filter.json")] if predicted and recipe.risk_filter.enabled else []
+    return Stage("report", ["evalmem", "report", "--compare", str(out / "compare"), *extra,
+                            "--out", str(out / "report.html")], out / "report.html")
+
+
