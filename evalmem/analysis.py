@@ -40,6 +40,7 @@ class Run:
     path: Path
     settings: dict
     table: pa.Table
+    profile: list | None = None  # each prefix length's rates (extract --mode screen with several lengths)
 
     @property
     def ids(self) -> list:
@@ -63,10 +64,21 @@ def read_settings(path: Path, parquet: str) -> dict:
         raise InputError(f"{path / 'manifest.json'} is unreadable: {first_line(exc)}") from exc
 
 
-def load_run(name: str, role: str, path: str | Path) -> Run:
+def load_run(name: str, role: str, path: str | Path, prefix_len: int | None = None) -> Run:
+    """A complete extraction run; a run of several prefix lengths (--mode screen) at `prefix_len`, which it must
+    hold (its settings then read as of that length)."""
     path = Path(path)
     settings = read_settings(path, "results.parquet")
-    return Run(name, role, path, settings, read_results(path / "results.parquet", RUN_COLUMNS))
+    lengths = settings.get("prefix_len") if isinstance(settings.get("prefix_len"), list) else [settings.get("prefix_len")]
+    if prefix_len is None and len(lengths) > 1:
+        raise InputError(f"{path} holds prefix lengths {', '.join(map(str, lengths))}: pass --prefix-len K for one")
+    if prefix_len is not None and prefix_len not in lengths:
+        raise InputError(f"{path} holds no results at prefix length {prefix_len} (it holds "
+                         f"{', '.join(map(str, lengths))})")
+    chosen = lengths[-1] if prefix_len is None else prefix_len
+    table = read_results(path / "results.parquet", RUN_COLUMNS, prefix_len=chosen)
+    summary = json.loads((path / "summary.json").read_text())
+    return Run(name, role, path, {**settings, "prefix_len": chosen}, table, summary.get("profile"))
 
 
 def parse_spec(spec: str, default_name: str) -> tuple[str, str]:
@@ -77,8 +89,10 @@ def parse_spec(spec: str, default_name: str) -> tuple[str, str]:
     return default_name, spec
 
 
-def load_runs(teacher: str | None, baselines: list[str], students: list[str], others: list[str]) -> list[Run]:
-    """Load the runs named on the command line (each `[NAME=]DIR`) and check they can be compared."""
+def load_runs(teacher: str | None, baselines: list[str], students: list[str], others: list[str],
+              prefix_len: int | None = None) -> list[Run]:
+    """Load the runs named on the command line (each `[NAME=]DIR`, at `prefix_len` where they hold several)
+    and check they can be compared."""
     specs = [("teacher", *parse_spec(teacher, "teacher"))] if teacher else []
     specs += [("baseline", *parse_spec(s, "baseline" if len(baselines) == 1 else f"baseline_{i}"))
               for i, s in enumerate(baselines)]
@@ -91,7 +105,7 @@ def load_runs(teacher: str | None, baselines: list[str], students: list[str], ot
     names = [name for _, name, _ in specs]
     if len(set(names)) != len(names):
         raise InputError(f"run names must differ, got {', '.join(names)}; name runs as NAME=DIR")
-    runs = [load_run(name, role, path) for role, name, path in specs]
+    runs = [load_run(name, role, path, prefix_len) for role, name, path in specs]
     check_protocol([(r.name, r.settings) for r in runs])
     return runs
 

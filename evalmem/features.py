@@ -27,7 +27,7 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
-from evalmem import runner
+from evalmem import runner, scores
 from evalmem.data import check_vocabulary, cut_windows, load_source, token_lists
 from evalmem.errors import InputError
 from evalmem.models import (context_length, device, load_causal_lm, load_tokenizer, model_config, resolve_dtype,
@@ -47,9 +47,9 @@ def token_scores(logits_t: torch.Tensor, logits_b: torch.Tensor, ids: torch.Tens
     tok_t = lp_t.gather(-1, target).squeeze(-1)
     tok_b = lp_b.gather(-1, target).squeeze(-1)
     kl = F.kl_div(lp_b, lp_t, log_target=True, reduction="none").sum(-1).mean(-1)
-    k = max(1, int(min_k * tok_t.shape[1]))
-    return {"teacher_ppl": torch.exp(-tok_t.mean(-1)), "baseline_ppl": torch.exp(-tok_b.mean(-1)),
-            "kl_teacher_baseline": kl, "min_k_logprob": tok_t.topk(k, dim=-1, largest=False).values.mean(-1)}
+    tok_t, tok_b = tok_t.cpu().numpy(), tok_b.cpu().numpy()
+    return {"teacher_ppl": np.exp(scores.loss(tok_t)), "baseline_ppl": np.exp(scores.loss(tok_b)),
+            "kl_teacher_baseline": kl.cpu().numpy(), "min_k_logprob": scores.min_k(tok_t, min_k)}
 
 
 def zlib_entropy(texts: list[str]) -> np.ndarray:
@@ -63,8 +63,8 @@ def score(teacher, baseline, windows: np.ndarray, tokenizer, batch_size: int, mi
     parts = []
     for i in range(0, len(windows), batch_size):
         ids = torch.from_numpy(windows[i:i + batch_size]).to(on)
-        scores = token_scores(teacher(input_ids=ids).logits, baseline(input_ids=ids).logits, ids, min_k)
-        parts.append({k: v.double().cpu().numpy() for k, v in scores.items()})
+        values = token_scores(teacher(input_ids=ids).logits, baseline(input_ids=ids).logits, ids, min_k)
+        parts.append({k: v.astype(np.float64) for k, v in values.items()})
     out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {k: np.zeros(0) for k in FEATURES}
     out["zlib_entropy"] = zlib_entropy(tokenizer.batch_decode(windows.tolist()))
     return {k: out[k] for k in FEATURES}

@@ -103,3 +103,16 @@ def draw_copies(by_copies: dict):
         ax.set_title("Memorization by copy count")
         ax.legend()
     return draw
+
+
+def draw_profile(profiles: dict):
+    """Each model's exact-match rate against the prefix length (the context an attacker has)."""
+    def draw(ax):
+        for name, rows in profiles.items():
+            ax.plot([r["prefix_len"] for r in rows], [100 * r["exact_match_rate"] for r in rows], marker="o",
+                    label=name)
+        ax.set_xlabel("prefix length (tokens)")
+        ax.set_ylabel("% of examples extracted exactly")
+        ax.set_title("Memorization against prefix length")
+        ax.legend()
+    return draw

@@ -33,7 +33,7 @@ def risk_scores(predictor: str, features: str) -> tuple[list, np.ndarray, str]:
         report = json.loads((Path(predictor) / "predict.json").read_text())
     except Exception as exc:
         raise InputError(f"cannot load the predictor in {predictor}: {first_line(exc)}") from exc
-    settings, feats = feature_table(features, saved["features"], report.get("counts_dir"))
+    settings, feats = feature_table(features, saved["features"], report.get("counts_dir"), report.get("scores_dir"))
     fingerprint = settings.get("data_fingerprint")
     if fingerprint == report.get("data_fingerprint") and (Path(predictor) / "risk.parquet").exists():
         risk = read_results(Path(predictor) / "risk.parquet", ["example_id", "risk"])

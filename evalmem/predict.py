@@ -21,8 +21,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from evalmem.analysis import check_protocol, read_settings
+from evalmem.analysis import check_protocol, load_run, read_settings
 from evalmem.errors import InputError, first_line
+from evalmem.profile import MEMBERSHIP
 from evalmem.settings import COUNT_FEATURES, DEFAULT_FEATURES, FEATURES, PredictSettings
 from evalmem.store import make_dir, read_results, write_atomic, write_json
 
@@ -41,19 +42,24 @@ def load_features(features_dir: str | Path, columns) -> tuple[dict, pa.Table]:
     return settings, read_results(path / "features.parquet", ["example_id", *columns])
 
 
-def feature_table(features_dir, columns, counts_dir=None) -> tuple[dict, pa.Table]:
+def feature_table(features_dir, columns, counts_dir=None, scores_dir=None) -> tuple[dict, pa.Table]:
     """The settings of `features_dir` and its `columns`, with the duplicate counts of `counts_dir` (`evalmem
-    dupcount` on the same data) joined where `columns` name them."""
-    wanted = [c for c in columns if c not in COUNT_FEATURES]
-    settings, feats = load_features(features_dir, wanted)
-    counted = [c for c in columns if c in COUNT_FEATURES]
-    if counted:
-        if counts_dir is None:
-            raise InputError(f"feature {counted[0]} needs --counts (a directory written by `evalmem dupcount`)")
-        check_protocol([(str(features_dir), settings), (str(counts_dir), read_settings(Path(counts_dir),
-                                                                                      "counts.parquet"))])
-        counts = read_results(Path(counts_dir) / "counts.parquet", ["example_id", *counted])
-        feats = feats.join(counts, "example_id", join_type="inner")
+    dupcount`) and the membership scores of `scores_dir` (`extract --mode screen`) on the same data joined where
+    `columns` name them."""
+    settings, feats = load_features(features_dir, [c for c in columns if c in FEATURES])
+    for names, where, what, results in ((COUNT_FEATURES, counts_dir, "--counts (`evalmem dupcount`)", "counts"),
+                                        (MEMBERSHIP, scores_dir, "--scores (`evalmem extract --mode screen`)",
+                                         "results")):
+        wanted = [c for c in columns if c in names]
+        if not wanted:
+            continue
+        if where is None:
+            raise InputError(f"feature {wanted[0]} needs {what}")
+        other = read_settings(Path(where), f"{results}.parquet")
+        longest = max(other["prefix_len"]) if isinstance(other["prefix_len"], list) else other["prefix_len"]
+        check_protocol([(str(features_dir), settings), (str(where), {**other, "prefix_len": longest})])
+        extra = read_results(Path(where) / f"{results}.parquet", ["example_id", *wanted], prefix_len=longest)
+        feats = feats.join(extra, "example_id", join_type="inner")
     return settings, feats
 
 
@@ -63,14 +69,15 @@ def matrix(table: pa.Table, columns) -> np.ndarray:
     return np.column_stack([np.log1p(v) if c in COUNT_FEATURES else v for v, c in zip(x, columns)])
 
 
-def labeled(features_dir, labels_dir, columns, counts_dir=None) -> tuple[list, np.ndarray, np.ndarray, dict]:
-    """Example ids, feature matrix and student-memorized labels of the examples both directories hold, and the
-    features' settings."""
-    settings, feats = feature_table(features_dir, columns, counts_dir)
-    labels_path = Path(labels_dir)
-    check_protocol([(str(features_dir), settings), (str(labels_dir), read_settings(labels_path, "results.parquet"))])
-    labels = read_results(labels_path / "results.parquet", ["example_id", "exact_match"])
-    joined = feats.join(labels, "example_id", join_type="inner").sort_by("example_id")
+def labeled(features_dir, labels_dir, columns, counts_dir=None, prefix_len: int | None = None, scores_dir=None
+            ) -> tuple[list, np.ndarray, np.ndarray, dict]:
+    """Example ids, feature matrix and student-memorized labels (at `prefix_len` for a run of several) of the
+    examples both directories hold, and the features' settings."""
+    settings, feats = feature_table(features_dir, columns, counts_dir, scores_dir)
+    labels = load_run("labels", "run", labels_dir, prefix_len)
+    check_protocol([(str(features_dir), settings), (str(labels_dir), labels.settings)])
+    joined = feats.join(labels.table.select(["example_id", "exact_match"]), "example_id",
+                        join_type="inner").sort_by("example_id")
     if joined.num_rows == 0:
         raise InputError(f"{features_dir} and {labels_dir} share no example_id")
     y = joined["exact_match"].to_numpy(zero_copy_only=False).astype(bool)
@@ -152,19 +159,20 @@ def fit_predictor(x: np.ndarray, y: np.ndarray, names, trials: int, neg_ratio: f
 
 
 def predict_run(features: str, labels: str, out: str, columns, protocol: PredictSettings,
-                counts: str | None = None) -> dict:
+                counts: str | None = None, prefix_len: int | None = None, scores: str | None = None) -> dict:
     """`evalmem predict`: fit and evaluate; write OUT/predict.json, OUT/model.joblib and OUT/risk.parquet (every
     example's cross-fitted risk)."""
     import joblib
     from sklearn.metrics import roc_auc_score
 
     columns = list(columns or DEFAULT_FEATURES)
-    ids, x, y, settings = labeled(features, labels, columns, counts)
+    ids, x, y, settings = labeled(features, labels, columns, counts, prefix_len, scores)
     report, model = fit_predictor(x, y, columns, protocol.trials, protocol.neg_ratio, protocol.test_size,
                                   protocol.seed)
     risk = cross_fitted(x, y, protocol.neg_ratio, protocol.folds, protocol.seed)
     report["cross_fitted"] = {"folds": protocol.folds, "roc_auc": float(roc_auc_score(y, risk))}
     report.update({"features_dir": str(features), "labels_dir": str(labels), "counts_dir": counts,
+                   "scores_dir": scores,
                    "data_fingerprint": settings.get("data_fingerprint"), "model_file": "model.joblib",
                    "risk_file": "risk.parquet"})
     out = make_dir(out)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from evalmem.analysis import compare, join, load_counts, token_accuracies
 from evalmem.errors import InputError, first_line
-from evalmem.figures import (draw_coefficients, draw_copies, draw_overlap, draw_rates, draw_students,
+from evalmem.figures import (draw_coefficients, draw_copies, draw_overlap, draw_profile, draw_rates, draw_students,
                              draw_token_accuracy, png)
 from evalmem.store import make_dir, write_atomic, write_json
 from evalmem.tables import compare_tables, html_tables, markdown, predict_tables, summary_tables, utility_table
@@ -27,6 +27,10 @@ def write_compare(out: str | Path, runs, counts: str | None = None) -> dict:
         figures["students.png"] = draw_students(result)
     if result.get("by_copies"):
         figures["copies.png"] = draw_copies(result["by_copies"])
+    profiles = {r.name: r.profile for r in joined if r.profile}
+    if profiles:
+        result["profiles"] = profiles
+        figures["profile.png"] = draw_profile(profiles)
     for name, draw in figures.items():
         data = png(draw)
         write_atomic(out / name, lambda tmp: Path(tmp).write_bytes(data))

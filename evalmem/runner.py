@@ -163,7 +163,7 @@ def summarize(settings: dict, metas: list[dict], window_tokens: int, tokens_per_
               **fields) -> dict:
     """A run's summary from its settings and shard metadata: `head`, the fields every summary has, then
     `fields`, and throughput; refuses a run where no example had `window_tokens` tokens."""
-    n = sum(m["n_rows"] for m in metas)
+    n = sum(m.get("n_examples", m["n_rows"]) for m in metas)  # extract --mode screen: rows per prefix length
     if n == 0:
         raise InputError(f"no example of {settings['data']} has {window_tokens} tokens; "
                          f"{settings['command']} has nothing to do")
@@ -178,15 +178,15 @@ def summarize(settings: dict, metas: list[dict], window_tokens: int, tokens_per_
 
 
 def open_engine_job(command: str, *, options, pool, mode: str, settings: dict, job, seed: int = 0,
-                    **job_options) -> Job:
+                    extra_models: dict[str, str] | None = None, **job_options) -> Job:
     """`open_job` for a command that runs `job.model` in an engine (extract, generate): the engine for `mode`
     (recorded in the settings), its options checked against the job, built from `pool` on first use. The server
     engine's options are not settings: a run resumes against any server that serves the same model."""
     from evalmem.engines import engine_for, for_job
 
     settings = {"engine": engine_for(mode, options.engine), **settings}
-    opened = open_job(command, models={"model": job.model}, job=job, dtype=options.dtype, settings=settings,
-                      **job_options)
+    opened = open_job(command, models={"model": job.model, **(extra_models or {})}, job=job, dtype=options.dtype,
+                      settings=settings, **job_options)
     what = f"--prefix-len + {job.new_tokens_flag}"
     resolved = for_job(options, model=job.model, mode=mode, dtype=opened.dtype, seq_len=opened.seq_len, seed=seed,
                        what=what)

@@ -32,6 +32,8 @@ from functools import partial
 import numpy as np
 import torch
 
+from evalmem import scores
+
 # Chosen margins (not measured bounds): well above fp32 kernel-order noise, about a few units in the
 # last place of a logit of magnitude ~10 in half precision.
 _TOLERANCE = {torch.float32: 1e-3, torch.float16: 0.05, torch.bfloat16: 0.25}
@@ -69,19 +71,35 @@ def _first_miss(hit: torch.Tensor) -> torch.Tensor:
 
 def screen(model, prefix: np.ndarray, suffix: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
     """Teacher-forced screen of windows prefix (n, P) + suffix (n, L): match_len, near_tie and
-    suffix_logprobs (n, L), in batches of `batch_size`."""
+    suffix_logprobs (n, L), in batches of `batch_size` (the model's head only over the suffix positions)."""
+    scores.check_head(model)
     return _over_batches(model, _screen_batch, prefix, suffix, batch_size,
                          ("match_len", "near_tie", "suffix_logprobs"))
 
 
 def _screen_batch(model, prefix: torch.Tensor, true: torch.Tensor, tolerance: float):
-    length = true.shape[1]
-    logits = model(input_ids=torch.cat([prefix, true[:, :-1]], dim=1), logits_to_keep=length).logits
-    hit, gap, true_logit = decide(logits, true)  # logits position j (P-1+j in the window) predicts true token j
-    match_len = _first_miss(hit)
-    decides = torch.arange(length, device=true.device)[None] <= match_len[:, None]
-    logprobs = true_logit - logits.float().logsumexp(-1)
-    return match_len, ((gap < tolerance) & decides).any(1), logprobs
+    window = torch.cat([prefix, true], dim=1)
+    stats = scores.position_scores(model, window, start=prefix.shape[1] - 1, check=False)
+    match_len = _first_miss(stats["hit"])
+    return match_len, near_ties(stats["gap"], match_len, tolerance), stats["logp"]
+
+
+def near_ties(gap: torch.Tensor, match_len: torch.Tensor, tolerance: float) -> torch.Tensor:
+    """Rows whose deciding positions (every matched one and the first mismatch) include a gap under tolerance."""
+    decides = torch.arange(gap.shape[1], device=gap.device)[None] <= match_len[:, None]
+    return ((gap < tolerance) & decides).any(1)
+
+
+def profile(model, windows: np.ndarray, batch_size: int, temperature: float = 1.0, top_k: int = 0
+            ) -> dict[str, np.ndarray]:
+    """`evalmem.scores.FIELDS` (n, W - 1) of token windows (n, W): one teacher-forced pass each, in batches."""
+    scores.check_head(model)
+
+    def batch(model, first, rest, tolerance):
+        stats = scores.position_scores(model, torch.cat([first, rest], dim=1), temperature, top_k, check=False)
+        return tuple(stats[k] for k in scores.FIELDS)
+
+    return _over_batches(model, batch, windows[:, :1], windows[:, 1:], batch_size, scores.FIELDS)
 
 
 VERIFY_STEPS = 4  # decoding steps before verify hands the rows still matching to screen
@@ -194,8 +212,9 @@ def _over_batches(model, batch_fn, prefix: np.ndarray, suffix: np.ndarray, batch
         true = torch.from_numpy(suffix[i:i + batch_size]).to(param.device)
         return batch_fn(model, torch.from_numpy(prefix[i:i + batch_size]).to(param.device), true, tolerance)
 
-    workers, threads = (2 if param.device.type == "cpu" else 1), torch.get_num_threads()
+    workers, threads = (2 if param.device.type == "cpu" and len(prefix) > batch_size else 1), torch.get_num_threads()
     starts = range(0, len(prefix), batch_size)
+    scores.warm_up()  # compile the head's kernels here, not in two worker threads at once
     out = {name: np.zeros((0,)) for name in names}
     torch.set_num_threads(max(1, threads // workers))
     try:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import click
+
 from evalmem.errors import InputError
 
 SHARD_SIZE = 2048
@@ -98,24 +100,82 @@ class SuffixWindow:
         return self.suffix_len
 
 
+class PrefixLengths(click.ParamType):
+    """`--prefix-len 50` or a comma-separated list `8,16,32` (increasing): a tuple of ints."""
+
+    name = "N[,N...]"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            return tuple(int(v) for v in str(value).split(","))
+        except ValueError:
+            self.fail(f"{value!r} is not an integer or a comma-separated list of integers", param, ctx)
+
+
+SCREEN_ONLY = ("temperature", "top_k", "extraction_n", "extraction_p", "min_k", "reference")
+
+
 @dataclass(frozen=True)
 class ExtractSettings(SuffixWindow):
     """`evalmem extract`: discoverable extraction of every example."""
 
     model: str = field(metadata=option("Model: a local Hugging Face folder or a hub id."))
-    prefix_len: int = field(default=50, metadata=option("Prompt tokens per example."))
+    prefix_lens: tuple[int, ...] = field(default=(50,), metadata=option(
+        "Prompt tokens per example; with --mode screen several, comma-separated (8,16,32): one row per example "
+        "and prefix length, from one pass (each example cut to the longest prefix + the suffix).",
+        flag="--prefix-len", type=PrefixLengths()))
     suffix_len: int = field(default=50, metadata=option(
         "Tokens greedily decoded and compared with the true continuation."))
     mode: str = field(default="decode", metadata=option(
         "decode: greedy-decode every suffix with --engine; all columns (the reference). "
-        "screen: one teacher-forced forward pass over prefix+suffix; exact_match, match_len and suffix_logprobs. "
-        "verify: decode only up to each example's first mismatch; exact_match and match_len. "
+        "screen: one teacher-forced pass over each window: exact_match and match_len at every --prefix-len, "
+        "suffix_logprobs, extraction_logprob and the membership scores (loss, zlib_ratio, min_k, min_k_pp, "
+        "ref_loss_diff). verify: decode only up to each example's first mismatch; exact_match and match_len. "
         "auto: decode each example only while it can still match approximately (edit distance <= 10%): "
         "exact_match, match_len and approx_match of every example, the other columns where it was decoded to "
         "the end. Columns a mode does not compute are nulls (summary null_columns); near_tie flags rows decided "
         "by a logit gap so small that another engine or dtype could round it the other way.", choices=MODES))
     strict: bool = field(default=False, metadata=option(
         "Fail on examples shorter than prefix + suffix instead of skipping them."))
+    temperature: float | None = field(default=None, metadata=option(
+        "Sampling temperature of extraction_logprob (screen) [default: 1.0].", min=0, min_open=True))
+    top_k: int | None = field(default=None, metadata=option(
+        "Top-k of extraction_logprob's sampling, 0 = none (screen) [default: 0].", min=0))
+    extraction_n: int | None = field(default=None, metadata=option(
+        "Samples n of (n, p)-discoverable extraction in the summary (screen) [default: 100].", min=1))
+    extraction_p: float | None = field(default=None, metadata=option(
+        "Probability p of (n, p)-discoverable extraction (screen) [default: 0.5].", min=0, min_open=True, max=1,
+        max_open=True))
+    min_k: float | None = field(default=None, metadata=option(
+        "Share k of the lowest token scores that Min-K% and Min-K%++ average (screen) [default: 0.2].", min=0,
+        min_open=True, max=1))
+    reference: str | None = field(default=None, metadata=option(
+        "Reference model for ref_loss_diff = loss - the reference's loss (screen; same tokenizer)."))
+
+    def __post_init__(self):
+        lens = self.prefix_lens
+        if not lens:
+            raise InputError("--prefix-len needs at least one length")
+        if list(lens) != sorted(set(lens)):
+            raise InputError(f"--prefix-len lengths must increase, without repeats, got {','.join(map(str, lens))}")
+        check_lengths(min(lens), self.suffix_len, self.new_tokens_flag)
+        if self.mode != "screen" and (len(lens) > 1 or any(getattr(self, k) is not None for k in SCREEN_ONLY)):
+            given = "several --prefix-len" if len(lens) > 1 else \
+                "--" + next(k for k in SCREEN_ONLY if getattr(self, k) is not None).replace("_", "-")
+            raise InputError(f"{given} needs --mode screen (one pass gives every prefix length and score)")
+
+    @property
+    def prefix_len(self) -> int:
+        """The longest prefix: every example is cut to it + the suffix."""
+        return max(self.prefix_lens)
+
+    def screen_settings(self) -> dict:
+        """The screen mode's settings, defaults filled in (what the manifest records)."""
+        return {"temperature": self.temperature or 1.0, "top_k": self.top_k or 0,
+                "extraction_n": self.extraction_n or 100, "extraction_p": self.extraction_p or 0.5,
+                "min_k": self.min_k or 0.2, "reference": self.reference}
 
 
 @dataclass(frozen=True)

@@ -171,16 +171,21 @@ def make_dir(path: str | Path) -> Path:
 BOOLEAN = ("exact_match", "approx_match", "near_tie")  # result columns of booleans; the others read are numeric
 
 
-def read_results(path: str | Path, columns) -> pa.Table:
+def read_results(path: str | Path, columns, prefix_len: int | None = None) -> pa.Table:
     """`columns` of a result table (results.parquet, features.parquet, or one re-saved by pandas, pyarrow or
     datasets), checked and normalised: readable (page checksums), `example_id` as int64 or string, booleans
-    and numbers where evalmem writes them, one row per example_id."""
+    and numbers where evalmem writes them, one row per example_id (a table of several prefix lengths: the rows
+    of `prefix_len`)."""
     import pyarrow.compute as pc
 
     try:
-        table = pq.read_table(path, columns=list(columns), page_checksum_verification=True)
+        names = pq.read_schema(path).names
+        wanted = [*columns, "prefix_len"] if prefix_len is not None and "prefix_len" in names else list(columns)
+        table = pq.read_table(path, columns=wanted, page_checksum_verification=True)
     except Exception as exc:  # pyarrow raises several types for missing columns and damaged files
         raise InputError(f"cannot read {path}: {first_line(exc)}") from exc
+    if "prefix_len" in wanted and "prefix_len" not in columns:
+        table = table.filter(pc.equal(table["prefix_len"], prefix_len)).drop_columns(["prefix_len"])
     for name in table.column_names:
         column, kind = table[name], table[name].type
         if pa.types.is_dictionary(kind):  # pandas categoricals

@@ -7,6 +7,7 @@ import json
 import click
 
 from evalmem.cli.options import out_option, settings
+from evalmem.profile import MEMBERSHIP
 from evalmem.settings import COUNT_FEATURES, FEATURES, DataSpec, FilterSettings, PredictSettings
 
 
@@ -17,15 +18,17 @@ from evalmem.settings import COUNT_FEATURES, FEATURES, DataSpec, FilterSettings,
 @click.option("--run", "others", multiple=True, help="Any other run [NAME=]DIR to tabulate and overlap; repeatable.")
 @click.option("--counts", default=None, type=click.Path(file_okay=False),
               help="Directory written by `evalmem dupcount` on the same data: memorization by copy count.")
+@click.option("--prefix-len", type=click.IntRange(min=1), default=None,
+              help="The prefix length to compare at, in runs of several (extract --mode screen --prefix-len 8,16,32).")
 @out_option("Directory for compare.json, compare.md, sets.json and PNG figures.")
-def compare(teacher, baselines, students, others, counts, out):
+def compare(teacher, baselines, students, others, counts, prefix_len, out):
     """Join extraction runs on example_id and compare their memorized sets: rates, overlaps, easy and
     teacher-only examples, each student's inherited examples, hard-vs-soft ratio, figures."""
     from evalmem.analysis import load_runs
     from evalmem.report import write_compare
     from evalmem.tables import compare_tables, markdown
 
-    result = write_compare(out, load_runs(teacher, list(baselines), list(students), list(others)), counts)
+    result = write_compare(out, load_runs(teacher, list(baselines), list(students), list(others), prefix_len), counts)
     click.echo(markdown(compare_tables(result)))
 
 
@@ -35,18 +38,24 @@ def compare(teacher, baselines, students, others, counts, out):
 @click.option("--labels", required=True, type=click.Path(file_okay=False),
               help="Extraction run whose exact matches are the positives (the student's).")
 @out_option("Directory for predict.json and model.joblib.")
-@click.option("--feature", "columns", multiple=True, type=click.Choice(FEATURES + COUNT_FEATURES),
+@click.option("--feature", "columns", multiple=True, type=click.Choice(FEATURES + COUNT_FEATURES + MEMBERSHIP),
               help="Feature column to use; repeatable [default: the paper's four: teacher_ppl, baseline_ppl, "
-                   "kl_teacher_baseline, zlib_entropy; suffix_count and window_count need --counts].")
+                   "kl_teacher_baseline, zlib_entropy; suffix_count and window_count need --counts; loss, "
+                   "zlib_ratio, min_k, min_k_pp, ref_loss_diff need --scores].")
+@click.option("--scores", default=None, type=click.Path(file_okay=False),
+              help="An `evalmem extract --mode screen` run of the teacher on the same data (membership scores).")
 @click.option("--counts", default=None, type=click.Path(file_okay=False),
               help="Directory written by `evalmem dupcount` on the same data (count features, as log(1 + count)).")
+@click.option("--prefix-len", type=click.IntRange(min=1), default=None,
+              help="The labels' prefix length, in a run of several (extract --mode screen --prefix-len 8,16,32).")
 @settings(PredictSettings, "protocol")
-def predict(features_dir, labels, out, columns, counts, protocol):
+def predict(features_dir, labels, out, columns, scores, counts, prefix_len, protocol):
     """Fit the memorization predictor (logistic regression on standardized features): ROC-AUC, precision,
     recall and coefficients over resampled trials, and precision/recall at the real base rate."""
     from evalmem.predict import predict_run
 
-    click.echo(json.dumps(predict_run(features_dir, labels, out, columns, protocol, counts), indent=2))
+    report = predict_run(features_dir, labels, out, columns, protocol, counts, prefix_len, scores)
+    click.echo(json.dumps(report, indent=2))
 
 
 @click.command("filter")

@@ -13,6 +13,8 @@ from evalmem.settings import check_out
 
 
 def _click_type(hint, meta: dict):
+    if "type" in meta:
+        return meta["type"]
     if "choices" in meta:
         return click.Choice(list(meta["choices"]))
     if meta.get("path") == "dir":
@@ -46,9 +48,10 @@ def _option(group: str, f: dataclasses.Field, hint) -> click.Option:
               "callback": _check_out if "path" in meta else None}
     if hint is bool:
         return click.option(flag, f"{group}__{f.name}", is_flag=True, **kwargs)
+    shown = ",".join(map(str, default)) if isinstance(default, tuple) else default is not None
     return click.option(flag, f"{group}__{f.name}", type=_click_type(hint, meta), default=default,
                         required=f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
-                        show_default=default is not None and not meta.get("multiple"), **kwargs)
+                        show_default=shown and not meta.get("multiple"), **kwargs)
 
 
 def settings(cls, group: str, **fixed):

@@ -39,10 +39,11 @@ class HFEngine:
 
         return verify(self.model, prefix, suffix, self.batch_size)
 
-    def screen(self, prefix, suffix):
-        from evalmem.screen import screen
+    def screen(self, windows, temperature: float = 1.0, top_k: int = 0):
+        """Every position's statistics of the windows from one teacher-forced pass (`evalmem.scores`)."""
+        from evalmem.screen import profile
 
-        return screen(self.model, prefix, suffix, self.batch_size)
+        return profile(self.model, windows, self.batch_size, temperature, top_k)
 
     def auto(self, prefix, suffix, max_distance: float):
         from evalmem.screen import auto
