@@ -69,7 +69,8 @@ def load_run(name: str, role: str, path: str | Path, prefix_len: int | None = No
     hold (its settings then read as of that length)."""
     path = Path(path)
     settings = read_settings(path, "results.parquet")
-    lengths = settings.get("prefix_len") if isinstance(settings.get("prefix_len"), list) else [settings.get("prefix_len")]
+    lengths = settings.get("prefix_len")
+    lengths = lengths if isinstance(lengths, list) else [lengths]
     if prefix_len is None and len(lengths) > 1:
         raise InputError(f"{path} holds prefix lengths {', '.join(map(str, lengths))}: pass --prefix-len K for one")
     if prefix_len is not None and prefix_len not in lengths:

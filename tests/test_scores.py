@@ -137,7 +137,7 @@ def test_min_k_pp_equals_mimir():
     np.testing.assert_allclose(ours["mu"], mu, atol=1e-6)
     np.testing.assert_allclose(ours["sigma2"], sigma, atol=1e-6)
     scores = (target_prob.numpy() - mu.numpy()) / sigma.sqrt().numpy()
-    mimir = -np.mean(sorted(scores[[0, 1, 3, 4]])[:int(4 * 0.5)])  # one window of 4 positions (the uniform row: sigma 0)
+    mimir = -np.mean(sorted(scores[[0, 1, 3, 4]])[:int(4 * 0.5)])  # a window of 4 positions (the uniform row: sigma 0)
     window = lambda k: ours[k][None, [0, 1, 3, 4]].numpy()
     np.testing.assert_allclose(-min_k_pp(window("logp"), window("mu"), window("sigma2"), 0.5), [mimir],
                                rtol=1e-5)

