@@ -25,7 +25,7 @@ from typing import Optional, Sequence
 
 from evalmem.errors import InputError, first_line
 
-NON_NEGATIVE = {"seed", "warmup_steps", "weight_decay", "pretrain_tokens"}  # every other number must be positive
+NON_NEGATIVE = {"seed", "warmup_steps", "weight_decay", "pretrain_tokens", "passages", "shift_max", "max_words"}  # every other number must be positive
 
 
 def check_numbers(section, where: str = "") -> None:
@@ -49,6 +49,15 @@ class ModelSize:
 
 
 @dataclass(frozen=True)
+class Duplication:
+    passages: int = 120  # passages copied (Zipf-like counts); 0: every window once
+    max_copies: int = 64  # copies of the most copied passage
+    exponent: float = 0.8  # the passage of rank r is copied max_copies / r**exponent times (at least twice)
+    shift_max: int = 24  # a shifted copy starts up to this many tokens off
+    max_words: int = 3  # words changed in a near copy
+
+
+@dataclass(frozen=True)
 class Prepare:
     builder: Optional[str] = None  # tiny-kjv | smollm2-kjv
     train_windows: int = 512
@@ -58,6 +67,7 @@ class Prepare:
     pretrain_lr: float = 3e-3
     teacher: ModelSize = field(default_factory=ModelSize)
     student: ModelSize = field(default_factory=lambda: ModelSize(hidden=128, layers=2, heads=2))
+    duplication: Duplication = field(default_factory=Duplication)
 
 
 

