@@ -89,16 +89,18 @@ def test_pipeline_runs_every_stage_and_continues_after_kill(minute_scale, tmp_pa
     assert again.stdout.split("### Summary")[1] == result.stdout.split("### Summary")[1]
 
 
-def test_prepare_builds_tokenizer_models_and_disjoint_windows(tmp_path):
-    """tiny-kjv's first stage: a tokenizer, two pre-trained Llamas that load, disjoint windows; the same seed
-    gives the same windows and weights (what makes a rerun's memorized sets the same)."""
+def test_prepare_builds_tokenizer_models_and_duplicated_windows(tmp_path):
+    """tiny-kjv's first stage: a tokenizer, two pre-trained Llamas that load, training windows with the recorded
+    duplication structure and disjoint held-out windows; the same seed gives the same windows and weights (what
+    makes a rerun's memorized sets the same)."""
     from transformers import AutoModelForCausalLM
 
     from helpers import invoke_cli
     from evalmem.train.cli import main as train_main
 
     def prepare(out):
-        sizes = {"out": out, "prepare.train_windows": 16, "prepare.heldout_windows": 4,
+        sizes = {"out": out, "prepare.train_windows": 40, "prepare.heldout_windows": 4,
+                 "prepare.duplication.passages": 4, "prepare.duplication.max_copies": 8,
                  "prepare.pretrain_tokens": 1000, "prepare.teacher.hidden": 64, "prepare.teacher.heads": 2,
                  "prepare.teacher.layers": 1, "prepare.student.hidden": 64, "prepare.student.layers": 1}
         invoke_cli("prepare", "--recipe", RECIPE, *[x for k, v in sizes.items() for x in ("--set", f"{k}={v}")],
@@ -111,13 +113,24 @@ def test_prepare_builds_tokenizer_models_and_disjoint_windows(tmp_path):
         assert (tmp_path / name).read_bytes() == (tmp_path / "again" / name).read_bytes(), name
     train = [json.loads(line) for line in (tmp_path / "data" / "train.jsonl").read_text().splitlines()]
     heldout = [json.loads(line) for line in (tmp_path / "data" / "heldout.jsonl").read_text().splitlines()]
-    assert (len(train), len(heldout)) == (16, 4)
+    assert (len(train), len(heldout)) == (40, 4)
     assert not {r["id"] for r in train} & {r["id"] for r in heldout}
+    windows = {r["id"]: r["input_ids"] for r in train}
+    record = json.loads((tmp_path / "data" / "duplication.json").read_text())
+    assert [p["copies"] for p in record["passages"]] == [8, 5, 3, 3]  # round(8 / rank**0.8), at least 2
+    assert [p["kind"] for p in record["passages"]] == ["exact", "shifted", "near", "exact"]
+    exact = record["passages"][0]
+    assert len({tuple(windows[i]) for i in exact["ids"]}) == 1, "exact copies are the same window"
+    near = record["passages"][2]
+    differing = [sum(a != b for a, b in zip(windows[near["ids"][0]], windows[i])) for i in near["ids"][1:]]
+    assert max(differing) <= 3 and any(differing), "near copies are the original or differ in a few words"
+    heldout_text = {tuple(r["input_ids"][i:i + 50]) for r in heldout for i in range(51)}
+    assert not any(tuple(w[50:]) in heldout_text for w in windows.values()), "held-out text is other text"
     assert all(len(r["input_ids"]) == 100 for r in train + heldout)
     for role, layers in (("teacher", 1), ("student", 1)):
         model = AutoModelForCausalLM.from_pretrained(tmp_path / "base" / role)
         assert model.config.num_hidden_layers == layers and model.config.vocab_size == 2048
-    assert json.loads((tmp_path / "base" / "prepared.json").read_text())["train_windows"] == 16
+    assert json.loads((tmp_path / "base" / "prepared.json").read_text())["train_windows"] == 40
 
 
 def test_bad_recipes_are_refused(minute_scale, tmp_path, invoke):
