@@ -174,3 +174,12 @@ class PredictSettings:
     test_size: float = field(default=0.3, metadata=option(
         "Fraction of each trial's examples held out for testing.", min=0, min_open=True, max=1, max_open=True))
     seed: int = field(default=0, metadata=option("Seed of the resampling."))
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    """`evalmem report`: what the page embeds besides the tables and figures."""
+
+    max_examples: int = field(default=2000, metadata=option(
+        "Examples embedded in the explorer at most, the most memorized first (the rest are counted); bounds the "
+        "page's size (about 0.7 KB per example of 100 tokens).", min=0))

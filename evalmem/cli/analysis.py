@@ -7,7 +7,7 @@ import json
 import click
 
 from evalmem.cli.options import out_option, settings
-from evalmem.settings import FEATURES, DataSpec, PredictSettings
+from evalmem.settings import FEATURES, DataSpec, PredictSettings, ReportSettings
 
 
 @click.command()
@@ -69,16 +69,19 @@ def filter_(predictor, features_dir, data, out, threshold, top_frac):
 @click.option("--compare", "compare_dir", required=True, type=click.Path(file_okay=False),
               help="Directory written by `evalmem compare`.")
 @click.option("--predict", "predict_dir", default=None, type=click.Path(file_okay=False),
-              help="Directory written by `evalmem predict` (optional).")
+              help="Directory written by `evalmem predict` (optional): the ROC curve, coefficients and each "
+                   "example's risk (the `risk` column of its Parquet file).")
 @click.option("--utility", default=None, type=click.Path(dir_okay=False),
               help="JSON file written by `evalmem perplexity` (optional; name its models as compare's runs).")
 @out_option("The HTML file to write.", directory=False)
-def report(compare_dir, predict_dir, utility, out):
-    """One self-contained HTML page (tables and embedded figures) from compare, predict and perplexity
-    results, ending with the paper-shaped summary table (also printed)."""
+@settings(ReportSettings, "settings")
+def report(compare_dir, predict_dir, utility, out, settings):
+    """One self-contained HTML page from compare, predict and perplexity results: the paper-shaped summary
+    (also printed) with one sentence per finding and its figure, the other figures, an explorer of the
+    memorized examples' text (read from the runs compare.json names), and the detail tables."""
     from evalmem.report import write_report
 
-    click.echo(write_report(compare_dir, predict_dir, out, utility)["summary"])
+    click.echo(write_report(compare_dir, predict_dir, out, utility, settings)["summary"])
 
 
 @click.command()
