@@ -10,6 +10,8 @@ union over seeds (memorized by any seed) unless a name says `every_seed`:
     inherited(s)  M(s) ∩ teacher_only              inheritance rate  |inherited(s)| / |teacher_only|
 
 A student's memorized set splits exactly into easy, inherited and neither (not memorized by the teacher).
+sets.json holds the example ids of each set, `memorized:RUN` of every run, and `easy:S`, `inherited:S`,
+`neither:S` of every student S.
 """
 
 from __future__ import annotations
@@ -141,7 +143,7 @@ def run_stats(run: Run) -> dict:
     t = run.table
     n = t.num_rows
     exact = int(pc.sum(t["exact_match"]).as_py() or 0)
-    return {"role": run.role, "dir": str(run.path), "model": run.settings.get("model"), "n": n,
+    return {"role": run.role, "dir": str(run.path.resolve()), "model": run.settings.get("model"), "n": n,
             "exact_match_count": exact, "exact_match_rate": exact / n,
             "approx_match_rate": int(pc.sum(t["approx_match"]).as_py() or 0) / n if known(run, "approx_match")
             else None,
@@ -221,7 +223,10 @@ def compare(runs: list[Run], counts: pa.Table | None = None) -> tuple[dict, dict
         students = [r.name for r in runs if r.role == "student"]
         result["students"] = {s: inheritance(memorized[s], sets) for s in students}
         ids.update({k: sorted(v) for k, v in sets.items()})
-        ids.update({f"inherited:{s}": sorted(memorized[s] & sets["teacher_only"]) for s in students})
+        for s in students:
+            ids.update({f"easy:{s}": sorted(memorized[s] & sets["easy"]),
+                        f"inherited:{s}": sorted(memorized[s] & sets["teacher_only"]),
+                        f"neither:{s}": sorted(memorized[s] - sets["teacher"])})
         if {"hard", "soft"} <= set(students):
             hard, soft = (result["students"][s]["inherited"] for s in ("hard", "soft"))
             result["hard_vs_soft"] = {"hard_inherited": hard, "soft_inherited": soft, "ratio": ratio(hard, soft)}

@@ -189,6 +189,8 @@ def extract_run(job: ExtractSettings, data: DataSpec, output: OutputSpec, option
 def summarize(settings: dict, metas: list[dict]) -> dict:
     """summary.json of an extraction run: the counts of the longest prefix length, and with several (--mode
     screen) each length's in `profile`."""
+    longest = settings["prefix_len"][-1] if isinstance(settings["prefix_len"], list) else settings["prefix_len"]
+    runner.require_examples(settings, metas, longest + settings["suffix_len"])
     lens = sorted(metas[0]["stats"], key=int)
     totals = {k: {f: sum(m["stats"][k][f] or 0 for m in metas) for f in metas[0]["stats"][k]} for k in lens}
     mode, suffix_len = settings["mode"], settings["suffix_len"]
@@ -203,7 +205,6 @@ def summarize(settings: dict, metas: list[dict]) -> dict:
     if mode == "screen":
         text["profile"] = [{"prefix_len": int(k), **row} for k, row in rows.items()]
         text["extraction"] = {k: settings[k] for k in ("temperature", "top_k", "extraction_n", "extraction_p")}
-    longest = settings["prefix_len"][-1] if isinstance(settings["prefix_len"], list) else settings["prefix_len"]
     return runner.summarize(settings, metas, longest + suffix_len, longest + suffix_len, {"model": settings["model"]},
                             engine=settings["engine"], suffix_len=suffix_len, mode=mode, **rows[lens[-1]], **text)
 

@@ -116,3 +116,34 @@ def draw_profile(profiles: dict):
         ax.set_title("Memorization against prefix length")
         ax.legend()
     return draw
+
+
+def draw_roc(pred):
+    """The predictor's held-out ROC curve, mean ± std over trials."""
+    def draw(ax):
+        roc, auc = pred["roc"], pred["resampled"]["roc_auc"]
+        fpr, tpr, std = (np.array(roc[k]) for k in ("fpr", "tpr", "tpr_std"))
+        ax.fill_between(fpr, np.clip(tpr - std, 0, 1), np.clip(tpr + std, 0, 1), alpha=0.25, label="± std")
+        ax.plot(fpr, tpr, linewidth=2, label=f"mean, AUC {auc['mean']:.3f} ± {auc['std']:.3f}")
+        ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=0.8, label="chance")
+        ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate", ylabel="true positive rate")
+        ax.set_title(f"Predictor ROC curve (held-out, negatives 1:{pred['neg_ratio']:g}, {pred['trials']} trials)")
+        ax.legend(loc="lower right")
+    return draw
+
+
+def draw_pr(pred):
+    """Precision against recall at the real base rate (no resampling), mean ± std over trials."""
+    def draw(ax):
+        pr, base = pred["pr_base_rate"], pred["base_rate_eval"]
+        recall, precision, std = (np.array(pr[k]) for k in ("recall", "precision", "precision_std"))
+        ax.fill_between(recall, np.clip(precision - std, 0, 1), np.clip(precision + std, 0, 1), alpha=0.25,
+                        label="± std")
+        ax.plot(recall, precision, linewidth=2,
+                label=f"mean, average precision {base['average_precision']['mean']:.3f}")
+        ax.axhline(base["base_rate"]["mean"], color="grey", linestyle="--", linewidth=0.8,
+                   label=f"base rate {100 * base['base_rate']['mean']:.2g}%")
+        ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="recall", ylabel="precision")
+        ax.set_title("Predictor precision-recall at the real base rate")
+        ax.legend(loc="upper right")
+    return draw

@@ -9,16 +9,18 @@ The saved model (model.joblib) is fit on all positives and neg_ratio times as ma
 so its probabilities assume that 1:neg_ratio prior; a ranking (`filter --top-frac`) does not depend on it.
 risk.parquet holds every example's cross-fitted risk: scored by a model fit on the other folds, never on its
 own label, so ranking the training data by it is honest (`filter` and the risk-filtering experiment use it).
+
+Curves for the report (predict.json): each trial's held-out ROC curve interpolated on a common grid of false
+positive rates, and its precision-recall curve at the real base rate on a grid of recalls (interpolated
+precision: the best precision at that recall or more), mean ± std over trials.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from evalmem.analysis import check_protocol, load_run, read_settings
@@ -106,6 +108,29 @@ def resample(y: np.ndarray, neg_ratio: float, rng: np.random.Generator) -> np.nd
     return np.concatenate([pos, rng.choice(neg, size=min(len(neg), round(neg_ratio * len(pos))), replace=False)])
 
 
+GRID = np.linspace(0, 1, 101)  # false positive rates (ROC) and recalls (precision-recall) the curves share
+
+
+def roc_on_grid(y: np.ndarray, prob: np.ndarray) -> np.ndarray:
+    """True positive rate at each false positive rate of GRID."""
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(y, prob)
+    tpr = np.interp(GRID, fpr, tpr)
+    tpr[0] = 0.0  # a curve starts at (0, 0) even where several examples tie at the top score
+    return tpr
+
+
+def pr_on_grid(y: np.ndarray, prob: np.ndarray) -> np.ndarray:
+    """Interpolated precision (the best precision at recall r or more) at each recall r of GRID."""
+    from sklearn.metrics import precision_recall_curve
+
+    precision, recall, _ = precision_recall_curve(y, prob)
+    precision, recall = precision[::-1], recall[::-1]  # recall ascending
+    best = np.maximum.accumulate(precision[::-1])[::-1]
+    return best[np.minimum(np.searchsorted(recall, GRID, side="left"), len(best) - 1)]
+
+
 def trial(x: np.ndarray, y: np.ndarray, neg_ratio: float, test_size: float, rng: np.random.Generator) -> dict:
     """One trial: resample negatives, fit, score the held-out balanced split and everything unused."""
     from sklearn.metrics import average_precision_score, precision_score, recall_score, roc_auc_score
@@ -122,8 +147,22 @@ def trial(x: np.ndarray, y: np.ndarray, neg_ratio: float, test_size: float, rng:
                     "average_precision": average_precision_score(y[rows], prob),
                     "precision": precision_score(y[rows], prob >= 0.5, zero_division=0),
                     "recall": recall_score(y[rows], prob >= 0.5, zero_division=0), "base_rate": float(y[rows].mean())}
+        out[key + "_curve"] = roc_on_grid(y[rows], prob) if key == "resampled" else pr_on_grid(y[rows], prob)
     out["coefficients"] = model[-1].coef_[0]
     return out
+
+
+def curves(runs: list[dict]) -> dict:
+    """The trials' ROC (held-out, resampled) and precision-recall (real base rate) curves, mean ± std."""
+    def band(key):
+        values = np.array([r[key] for r in runs])
+        return np.round(values.mean(0), 4).tolist(), np.round(values.std(0), 4).tolist()
+
+    tpr, tpr_std = band("resampled_curve")
+    precision, precision_std = band("base_rate_eval_curve")
+    return {"roc": {"fpr": np.round(GRID, 4).tolist(), "tpr": tpr, "tpr_std": tpr_std},
+            "pr_base_rate": {"recall": np.round(GRID, 4).tolist(), "precision": precision,
+                             "precision_std": precision_std}}
 
 
 def mean_std(values) -> dict:
@@ -133,7 +172,7 @@ def mean_std(values) -> dict:
 
 def fit_predictor(x: np.ndarray, y: np.ndarray, names, trials: int, neg_ratio: float, test_size: float,
                   seed: int):
-    """Run the trials; return the report and a final model fit on all positives and resampled negatives."""
+    """Run the trials; return the report, and a final model fit on all positives and resampled negatives."""
     n_pos = int(y.sum())
     if n_pos == 0 or n_pos == len(y):
         raise InputError(f"the labels have {n_pos} memorized examples out of {len(y)}: a predictor needs both "
@@ -155,6 +194,7 @@ def fit_predictor(x: np.ndarray, y: np.ndarray, names, trials: int, neg_ratio: f
     report["coefficients"] = {n: mean_std(coefs[:, i]) for i, n in enumerate(names)}
     report["final_model"] = {"coefficients": dict(zip(names, final[-1].coef_[0].tolist())),
                              "intercept": float(final[-1].intercept_[0])}
+    report.update(curves(runs))
     return report, final
 
 
@@ -171,7 +211,7 @@ def predict_run(features: str, labels: str, out: str, columns, protocol: Predict
                                   protocol.seed)
     risk = cross_fitted(x, y, protocol.neg_ratio, protocol.folds, protocol.seed)
     report["cross_fitted"] = {"folds": protocol.folds, "roc_auc": float(roc_auc_score(y, risk))}
-    report.update({"features_dir": str(features), "labels_dir": str(labels), "counts_dir": counts,
+    report.update({"features_dir": str(features), "labels_dir": str(Path(labels).resolve()), "counts_dir": counts,
                    "scores_dir": scores,
                    "data_fingerprint": settings.get("data_fingerprint"), "model_file": "model.joblib",
                    "risk_file": "risk.parquet"})

@@ -1,5 +1,7 @@
 """What `compare` and `report` write: tables (Markdown and HTML from the same rows), matplotlib PNG
-figures, and one self-contained HTML page with the figures embedded as base64."""
+figures, and one self-contained HTML page: the headline (the paper-shaped table, one sentence per finding with
+its figure), the other figures, the example explorer and the detail tables; figures embedded as base64, every
+count of examples a link to those examples in the explorer."""
 
 from __future__ import annotations
 
@@ -11,10 +13,13 @@ from pathlib import Path
 
 from evalmem.analysis import compare, join, load_counts, token_accuracies
 from evalmem.errors import InputError, first_line
-from evalmem.figures import (draw_coefficients, draw_copies, draw_overlap, draw_profile, draw_rates, draw_students,
-                             draw_token_accuracy, png)
+from evalmem.explorer import explorer_section, load_decoder, load_risk, load_tables, set_href, unavailable
+from evalmem.figures import (draw_coefficients, draw_copies, draw_overlap, draw_pr, draw_profile, draw_rates, draw_roc,
+                             draw_students, draw_token_accuracy, png)
+from evalmem.settings import ReportSettings
 from evalmem.store import make_dir, write_atomic, write_json
-from evalmem.tables import compare_tables, html_tables, markdown, predict_tables, summary_tables, utility_table
+from evalmem.tables import (compare_tables, fmt, html_tables, markdown, ms, pct, predict_tables, summary_tables,
+                            utility_table)
 
 def write_compare(out: str | Path, runs, counts: str | None = None) -> dict:
     """`evalmem compare`: join the runs and write compare.json, compare.md, sets.json and PNG figures."""
@@ -62,13 +67,8 @@ def load_inputs(compare_dir, predict_dir=None, utility=None, risk_filter=None) -
             read_json(Path(risk_filter), "evalmem filter-effect") if risk_filter else None)
 
 
-def write_report(compare_dir: str | Path, predict_dir: str | Path | None, out: str | Path,
-                 utility: str | Path | None = None, risk_filter: str | Path | None = None) -> dict:
-    """`evalmem report`: one self-contained HTML page from a compare (and optionally a predict) directory,
-    a perplexity file and a risk-filter file, ending with the paper-shaped summary."""
-    compare_dir = Path(compare_dir)
-    result, pred, util, risk = load_inputs(compare_dir, predict_dir, utility, risk_filter)
-    tables = compare_tables(result)
+def figures(compare_dir: Path, result: dict, pred: dict | None) -> dict[str, bytes]:
+    """compare's figures (read from its directory) and the predictor's (drawn here), by file name."""
     images = {}
     for name in result.get("figures", []):
         try:
@@ -76,11 +76,105 @@ def write_report(compare_dir: str | Path, predict_dir: str | Path | None, out: s
         except OSError as exc:
             raise InputError(f"cannot read figure {compare_dir / name}: {exc.strerror}") from exc
     if pred:
-        tables += predict_tables(pred)
+        if "roc" in pred:
+            images["roc.png"], images["pr.png"] = png(draw_roc(pred)), png(draw_pr(pred))
         images["coefficients.png"] = png(draw_coefficients(pred))
+    return images
+
+
+def count(value, name: str) -> str:
+    """A count of examples in a sentence, linked to those examples in the explorer."""
+    return f'<a href="{html.escape(set_href(name))}">{value}</a>'
+
+
+def listing(parts: list[str]) -> str:
+    return ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else "".join(parts)
+
+
+def labels_name(result: dict, pred: dict) -> str:
+    """The run whose exact matches were the predictor's positives."""
+    labels = str(pred.get("labels_dir"))
+    return next((n for n, r in result["runs"].items() if r.get("dir") == labels), Path(labels).name)
+
+
+def findings(result: dict, pred: dict | None, util: dict | None, risk: dict | None = None
+             ) -> list[tuple[str, str | None]]:
+    """One sentence (HTML) per finding, each with the figure that shows it."""
+    runs, students, sets = result["runs"], result.get("students", {}), result.get("sets", {})
+    e = html.escape
+    rates = [f"{e(n)} reproduces {pct(r['exact_match_rate'])} ({count(r['exact_match_count'], 'memorized:' + n)})"
+             for n, r in runs.items()]
+    found = [(f"Of the {result['n_examples']} training examples, {listing(rates)} exactly from their prefix.",
+              "rates.png")]
+    if students:
+        found.append(("Easy examples (memorized by the teacher and a baseline alike) make up "
+                      + listing([f"{pct(s['easy_share'])} of what {e(n)} memorized ({count(s['easy'], 'easy:' + n)} "
+                                 f"of {s['memorized']})" for n, s in students.items()]) + ".", "students.png"))
+        ratio = result.get("hard_vs_soft", {}).get("ratio")
+        found.append((f"Of the {count(sets['teacher_only'], 'teacher_only')} teacher-only examples (memorized by "
+                      "the teacher, by no baseline), "
+                      + listing([f"{e(n)} inherited {count(s['inherited'], 'inherited:' + n)}"
+                                 for n, s in students.items()])
+                      + (f": the hard student inherits {ratio:.2g}× as many as the soft one." if ratio else "."),
+                      "overlap.png"))
+    if pred:
+        real = pred["base_rate_eval"]
+        found.append((f"A logistic regression on {e(', '.join(pred['features']))}, computed before distillation, "
+                      f"predicts which examples {e(labels_name(result, pred))} memorizes with ROC-AUC "
+                      f"{ms(pred['resampled']['roc_auc'])} on held-out sets (negatives resampled "
+                      f"1:{pred['neg_ratio']:g}); at the real base rate ({pct(real['base_rate']['mean'])}) its "
+                      f"average precision is {ms(real['average_precision'])}.", "roc.png"))
     if util:
-        tables.append(utility_table(util))
-    summary = summary_tables(result, pred, util, risk)
+        found.append(("Held-out perplexity (the utility memorization costs or distillation keeps): "
+                      + listing([f"{e(n)} {fmt(m['perplexity'])}" for n, m in util["models"].items()]) + ".", None))
+    if risk:
+        found.append(("Removing the examples the predictor ranks riskiest before distilling: "
+                      + listing([f"{e(n)} memorizes {r['memorized_after']} of the kept examples (before: "
+                                 f"{r['memorized_before']}; a random removal of the same {r['dropped']}: "
+                                 f"{r['random_control']['memorized_after']})" for n, r in risk.items()]) + ".", None))
+    return found
+
+
+def image(name: str, data: bytes) -> str:
+    return (f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+            "</figure>")
+
+
+def headline(result: dict, pred: dict | None, util: dict | None, risk: dict | None, images: dict
+             ) -> tuple[str, list]:
+    """The paper-shaped tables, then each finding with its figure; returns the HTML and the figures it used."""
+    used, cards = [], []
+    for sentence, name in findings(result, pred, util, risk):
+        figure = image(name, images[name]) if name in images else ""
+        used += [name] if figure else []
+        cards.append(f'<div class="finding"><p>{sentence}</p>{figure}</div>')
+    return (f'<section id="headline">{html_tables(summary_tables(result, pred, util, risk))}'
+            f'<div class="findings">{"".join(cards)}</div></section>'), used
+
+
+def explorer(result: dict, sets: dict, predict_dir, settings: ReportSettings) -> str:
+    """The example explorer over every run's results, text decoded with the teacher's tokenizer."""
+    dirs = {name: run["dir"] for name, run in result["runs"].items()}
+    try:
+        tables = load_tables(dirs)
+    except InputError as exc:
+        return unavailable(str(exc))
+    teacher = next((n for n, r in result["runs"].items() if r["role"] == "teacher"), next(iter(dirs)))
+    decode, note = load_decoder(dirs[teacher])
+    return explorer_section(tables, decode, sets, load_risk(predict_dir), settings.max_examples, note=note)
+
+
+def write_report(compare_dir: str | Path, predict_dir: str | Path | None, out: str | Path,
+                 utility: str | Path | None = None, risk_filter: str | Path | None = None,
+                 settings: ReportSettings = ReportSettings()) -> dict:
+    """`evalmem report`: one self-contained HTML page from a compare (and optionally a predict) directory,
+    a perplexity file and a risk-filter file, beginning with the paper-shaped summary."""
+    compare_dir = Path(compare_dir)
+    result, pred, util, risk = load_inputs(compare_dir, predict_dir, utility, risk_filter)
+    sets = read_json(compare_dir / "sets.json", "evalmem compare")
+    images = figures(compare_dir, result, pred)
+    top, used = headline(result, pred, util, risk, images)
+    details = compare_tables(result) + (predict_tables(pred) if pred else []) + ([utility_table(util)] if util else [])
     protocol = result.get("protocol", {})
     body = "\n".join([
         "<h1>evalmem memorization report</h1>",
@@ -88,18 +182,28 @@ def write_report(compare_dir: str | Path, predict_dir: str | Path | None, out: s
         f"every run; prefix {protocol.get('prefix_len')} tokens, suffix {protocol.get('suffix_len')} tokens "
         "(greedy decoding must reproduce the suffix exactly). Generated "
         f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.</p>",
-        html_tables(tables),
-        *(f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,'
-          f'{base64.b64encode(data).decode()}"></figure>' for name, data in images.items()),
-        html_tables(summary),
+        '<nav><a href="#headline">Headline</a> · <a href="#figures">Figures</a> · <a href="#explore">Examples</a>'
+        ' · <a href="#details">Details</a></nav>',
+        top,
+        '<section id="figures"><h2>Figures</h2><div class="figures">',
+        *(image(name, data) for name, data in images.items() if name not in used),
+        "</div></section>",
+        explorer(result, sets, predict_dir, settings),
+        f'<section id="details"><h2>Details</h2>{html_tables(details)}</section>',
     ])
-    page = (f"<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>evalmem report</title><style>{STYLE}"
-            f"</style></head><body>\n{body}\n</body></html>\n")
+    page = (f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>evalmem report</title>"
+            f"<style>{STYLE}</style></head><body>\n{body}\n</body></html>\n")
     write_atomic(out, lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
-    return {"out": str(out), "tables": len(tables) + len(summary), "figures": list(images),
+    summary = summary_tables(result, pred, util, risk)
+    return {"out": str(out), "tables": len(details) + len(summary), "figures": list(images),
             "summary": markdown(summary)}
 
 
-STYLE = ("body{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}"
+STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:1.5em auto;padding:0 1em;color:#222}"
+         "h1{margin-bottom:.2em}nav{margin:.4em 0 1em;font-size:.95em}"
          "table{border-collapse:collapse;margin-bottom:1em}td,th{border:1px solid #ccc;padding:3px 8px;"
-         "text-align:right}th{background:#f3f3f3}img{max-width:100%}")
+         "text-align:right}th{background:#f3f3f3}td:first-child{text-align:left}img{max-width:100%}"
+         "a{color:#0645ad}figure{margin:0}"
+         ".findings{display:grid;grid-template-columns:repeat(auto-fill,minmax(460px,1fr));gap:1em}"
+         ".finding{border:1px solid #d6d9de;border-radius:4px;padding:.5em .8em}.finding p{margin:.2em 0 .5em;"
+         "line-height:1.45}.figures{display:grid;grid-template-columns:repeat(auto-fill,minmax(460px,1fr));gap:1em}")

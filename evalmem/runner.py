@@ -159,14 +159,20 @@ def finish(run: RunDir, metas: list[dict | None], summarize: Callable, part: tup
                     "are combined with `evalmem merge OUT PART_DIR...`"}
 
 
-def summarize(settings: dict, metas: list[dict], window_tokens: int, tokens_per_example: int, head: dict,
-              **fields) -> dict:
-    """A run's summary from its settings and shard metadata: `head`, the fields every summary has, then
-    `fields`, and throughput; refuses a run where no example had `window_tokens` tokens."""
+def require_examples(settings: dict, metas: list[dict], window_tokens: int) -> int:
+    """The number of examples the shards hold; refuses a run where none had `window_tokens` tokens."""
     n = sum(m.get("n_examples", m["n_rows"]) for m in metas)  # extract --mode screen: rows per prefix length
     if n == 0:
         raise InputError(f"no example of {settings['data']} has {window_tokens} tokens; "
                          f"{settings['command']} has nothing to do")
+    return n
+
+
+def summarize(settings: dict, metas: list[dict], window_tokens: int, tokens_per_example: int, head: dict,
+              **fields) -> dict:
+    """A run's summary from its settings and shard metadata: `head`, the fields every summary has, then
+    `fields`, and throughput; refuses a run where no example had `window_tokens` tokens."""
+    n = require_examples(settings, metas, window_tokens)
     seconds = sum(m["seconds"] for m in metas)
     return {**head, "data": settings["data"], "split": settings["split"], "n_examples": n,
             "n_skipped_short": sum(m["n_short"] for m in metas), "n_input_rows": metas[0]["n_input_rows"],

@@ -259,3 +259,12 @@ class FilterSettings:
         given = [self.threshold, self.top_frac, self.top_n, self.as_many_as]
         if sum(v is not None for v in given) != 1:
             raise InputError("give exactly one of --threshold, --top-frac, --top-n and --as-many-as")
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    """`evalmem report`: what the page embeds besides the tables and figures."""
+
+    max_examples: int = field(default=2000, metadata=option(
+        "Examples embedded in the explorer at most, the most memorized first (the rest are counted); bounds the "
+        "page's size (about 0.7 KB per example of 100 tokens).", min=0))

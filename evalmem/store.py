@@ -168,14 +168,15 @@ def make_dir(path: str | Path) -> Path:
     return path
 
 
-BOOLEAN = ("exact_match", "approx_match", "near_tie")  # result columns of booleans; the others read are numeric
+BOOLEAN = ("exact_match", "approx_match", "near_tie")  # result columns of booleans
+TOKEN_LISTS = ("generated_ids", "prefix_ids", "suffix_ids")  # lists of token ids; the other columns are numbers
 
 
 def read_results(path: str | Path, columns, prefix_len: int | None = None) -> pa.Table:
     """`columns` of a result table (results.parquet, features.parquet, or one re-saved by pandas, pyarrow or
-    datasets), checked and normalised: readable (page checksums), `example_id` as int64 or string, booleans
-    and numbers where evalmem writes them, one row per example_id (a table of several prefix lengths: the rows
-    of `prefix_len`)."""
+    datasets), checked and normalised: readable (page checksums), `example_id` as int64 or string, booleans,
+    numbers and lists of token ids where evalmem writes them, one row per example_id (a table of several prefix
+    lengths: the rows of `prefix_len`)."""
     import pyarrow.compute as pc
 
     try:
@@ -193,14 +194,22 @@ def read_results(path: str | Path, columns, prefix_len: int | None = None) -> pa
             kind = column.type
         if name == "example_id":
             column = column.cast(pa.int64() if pa.types.is_integer(kind) else pa.string())
-        elif not pa.types.is_null(kind) and not (pa.types.is_boolean(kind) if name in BOOLEAN else
-                                                 pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+        elif not pa.types.is_null(kind) and not expected_type(name, kind):
             raise InputError(f"column {name!r} of {path} holds {kind} values, not "
-                             f"{'booleans' if name in BOOLEAN else 'numbers'}")
+                             f"{'booleans' if name in BOOLEAN else 'token ids' if name in TOKEN_LISTS else 'numbers'}")
         table = table.set_column(table.column_names.index(name), name, column)
     if "example_id" in table.column_names and pc.count_distinct(table["example_id"]).as_py() != table.num_rows:
         raise InputError(f"{path} has duplicated example_id values: one row per example expected")
     return table
+
+
+def expected_type(name: str, kind: pa.DataType) -> bool:
+    """Whether a column's type is the one evalmem writes for `name` (or a re-saved equivalent)."""
+    if name in BOOLEAN:
+        return pa.types.is_boolean(kind)
+    if name in TOKEN_LISTS:
+        return (pa.types.is_list(kind) or pa.types.is_large_list(kind)) and pa.types.is_integer(kind.value_type)
+    return pa.types.is_integer(kind) or pa.types.is_floating(kind)
 
 
 def read_verified(path: Path) -> pa.Table:

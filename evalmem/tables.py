@@ -4,12 +4,25 @@ from __future__ import annotations
 
 import html
 
+from evalmem.explorer import set_href
+
 Table = tuple[str, list[str], list[list]]  # title, header, rows
+
+
+class Link(str):
+    """A cell that links to the explorer filtered to the set `name` in HTML; in Markdown, its text."""
+
+    def __new__(cls, value, name: str):
+        cell = super().__new__(cls, fmt(value))
+        cell.set = name
+        return cell
 
 
 def fmt(value) -> str:
     if value is None:
         return "–"
+    if isinstance(value, str):  # text, and Links, stay as they are
+        return value
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
@@ -20,18 +33,20 @@ def pct(value) -> str:
 
 
 def compare_tables(result: dict) -> list[Table]:
+    """The comparison's tables; each count of examples links to those examples (Link)."""
     tables = [("Memorization per model", ["model", "role", "n", "exact matches", "exact rate", "approx. rate",
                                           "mean token accuracy"],
-               [[name, r["role"], r["n"], r["exact_match_count"], pct(r["exact_match_rate"]),
+               [[name, r["role"], r["n"], Link(r["exact_match_count"], f"memorized:{name}"), pct(r["exact_match_rate"]),
                  pct(r["approx_match_rate"]), fmt(r["mean_token_accuracy"])] for name, r in result["runs"].items()])]
     if "sets" in result:
-        tables.append(("Teacher and baseline sets", ["set", "examples"], [[k, v] for k, v in result["sets"].items()]))
+        tables.append(("Teacher and baseline sets", ["set", "examples"],
+                       [[k, Link(v, k)] for k, v in result["sets"].items()]))
     if result.get("students"):
         tables.append(("Students", ["student", "memorized", "easy", "inherited", "neither", "easy share",
                                     "inherited share", "neither share", "inheritance rate"],
-                       [[name, s["memorized"], s["easy"], s["inherited"], s["neither"], pct(s["easy_share"]),
-                         pct(s["inherited_share"]), pct(s["neither_share"]), pct(s["inheritance_rate"])]
-                        for name, s in result["students"].items()]))
+                       [[name, *(Link(s[k], f"{k}:{name}") for k in ("memorized", "easy", "inherited", "neither")),
+                         pct(s["easy_share"]), pct(s["inherited_share"]), pct(s["neither_share"]),
+                         pct(s["inheritance_rate"])] for name, s in result["students"].items()]))
     if "hard_vs_soft" in result:
         h = result["hard_vs_soft"]
         tables.append(("Hard vs soft distillation", ["hard inherited", "soft inherited", "ratio"],
@@ -71,23 +86,31 @@ def utility_table(utility: dict) -> Table:
 
 
 def summary_tables(result: dict, pred: dict | None, utility: dict | None, risk: dict | None = None) -> list[Table]:
-    """The paper-shaped summary: each model's memorization rate, the share of its memorized examples that
-    are easy, the teacher-only examples it inherited and its held-out perplexity; then the hard/soft
-    inheritance ratio and the predictor's AUC; then the risk-filtering experiment."""
+    """The paper-shaped summary: each model's memorized examples and rate, the easy ones among them (for the
+    teacher: all easy examples), the teacher-only examples it inherited and its held-out perplexity; then the
+    teacher-only count, the hard/soft inheritance ratio and the predictor's AUC; then the risk-filtering
+    experiment."""
     sets, students = result.get("sets", {}), result.get("students", {})
     ppl = (utility or {}).get("models", {})
     rows = []
     for name, run in result["runs"].items():
-        student = students.get(name, {})
-        easy = student.get("easy_share") if student else \
-            (sets["easy"] / sets["teacher"] if run["role"] == "teacher" and sets.get("teacher") else None)
-        rows.append([name, run["role"], pct(run["exact_match_rate"]), pct(easy), fmt(student.get("inherited")),
+        student = students.get(name)
+        if student:
+            easy, share = Link(student["easy"], f"easy:{name}"), student["easy_share"]
+        elif run["role"] == "teacher" and "easy" in sets:
+            easy, share = Link(sets["easy"], "easy"), sets["easy"] / sets["teacher"] if sets["teacher"] else None
+        else:
+            easy, share = None, None
+        rows.append([name, run["role"], Link(run["exact_match_count"], f"memorized:{name}"),
+                     pct(run["exact_match_rate"]), fmt(easy), pct(share),
+                     Link(student["inherited"], f"inherited:{name}") if student else fmt(None),
                      fmt(ppl.get(name, {}).get("perplexity"))])
     auc = ms(pred["resampled"]["roc_auc"]) if pred else None
-    return [("Summary (the paper's table)", ["model", "role", "memorization rate", "easy share",
-                                              "inherited (teacher-only)", "held-out perplexity"], rows),
-            ("Headline", ["hard/soft inherited ratio", "predictor ROC-AUC"],
-             [[fmt(result.get("hard_vs_soft", {}).get("ratio")), fmt(auc)]])] + ([risk_table(risk)] if risk else [])
+    teacher_only = Link(sets["teacher_only"], "teacher_only") if "teacher_only" in sets else None
+    return [("Summary (the paper's table)", ["model", "role", "memorized", "memorization rate", "easy",
+                                              "easy share", "inherited (teacher-only)", "held-out perplexity"], rows),
+            ("Headline", ["teacher-only examples", "hard/soft inherited ratio", "predictor ROC-AUC"],
+             [[fmt(teacher_only), fmt(result.get("hard_vs_soft", {}).get("ratio")), fmt(auc)]])] + ([risk_table(risk)] if risk else [])
 
 
 def risk_table(risk: dict) -> Table:
@@ -110,8 +133,12 @@ def markdown(tables: list[Table]) -> str:
 
 
 def html_tables(tables: list[Table]) -> str:
+    def cell(c):
+        text = html.escape(str(c))
+        return f'<a href="{html.escape(set_href(c.set))}">{text}</a>' if isinstance(c, Link) else text
+
     def row(cells, tag):
-        return "<tr>" + "".join(f"<{tag}>{html.escape(str(c))}</{tag}>" for c in cells) + "</tr>"
+        return "<tr>" + "".join(f"<{tag}>{cell(c)}</{tag}>" for c in cells) + "</tr>"
 
     return "\n".join(f"<h3>{html.escape(title)}</h3>\n<table>{row(header, 'th')}"
                      + "".join(row(r, "td") for r in rows) + "</table>" for title, header, rows in tables)

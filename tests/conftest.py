@@ -52,3 +52,48 @@ def uninterrupted(tiny, tmp_path_factory):
     for command, args in COMMAND_ARGS.items():
         invoke_cli(command, "--model", tiny.model, "--data", tiny.data, *KILLED_ARGS, *args, "--out", root / command)
     return root
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium (the system's, driven by Playwright; nothing downloaded). Skipped where there is none,
+    unless EVALMEM_REQUIRE_BROWSER is set (CI), where its absence fails the tests."""
+    import shutil
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        sync_playwright = None
+    missing = ("no chromium on PATH (Debian: apt-get install chromium)" if not chromium else
+               "playwright is not installed (the dev extra; never `playwright install`)" if not sync_playwright else "")
+    if missing:
+        (pytest.fail if os.environ.get("EVALMEM_REQUIRE_BROWSER") else pytest.skip)(missing)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def open_page(browser):
+    """open_page(path, hash="") -> a Playwright Page on that file; the test fails on any dialog, page error,
+    console error or request leaving the page."""
+    problems, pages = [], []
+
+    def open_(path, hash_=""):
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.on("dialog", lambda d: (problems.append(f"dialog: {d.message}"), d.dismiss()))
+        page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+        page.on("console", lambda m: m.type == "error" and problems.append(f"console: {m.text}"))
+        page.on("request", lambda r: r.url.startswith(("file:", "data:")) or problems.append(f"request: {r.url}"))
+        page.goto(Path(path).as_uri() + hash_)
+        pages.append(page)
+        return page
+
+    yield open_
+    for page in pages:
+        page.close()
+    assert not problems

@@ -69,18 +69,21 @@ def invoke_cli(*args, code=0, group=None):
 
 
 def write_run(path, ids, memorized, *, data_fingerprint="sha256:test-data", prefix_len=PREFIX, suffix_len=SUFFIX,
-              model="model"):
+              model="model", windows=None):
     """A hand-built extraction run directory in `evalmem extract`'s format: the examples in `memorized`
-    are exact matches (token accuracy 1), the others match their first 5 tokens (token accuracy 0.2)."""
+    are exact matches (token accuracy 1), the others match their first 5 tokens (token accuracy 0.2).
+    `windows`: each example's (prefix ids, suffix ids) [default: 0, 1, ... for every example]."""
     path = Path(path)
     path.mkdir(parents=True)
     hit = [i in memorized for i in ids]
-    suffix = [list(range(suffix_len))] * len(ids)
+    windows = windows or [(list(range(prefix_len)), list(range(suffix_len)))] * len(ids)
+    suffix = [s for _, s in windows]
     table = pa.table({
         "example_id": ids, "exact_match": hit, "match_len": [suffix_len if h else 5 for h in hit],
         "token_accuracy": [1.0 if h else 0.2 for h in hit], "edit_distance": [0.0 if h else 0.8 for h in hit],
-        "approx_match": hit, "generated_ids": [s if h else [0] * suffix_len for s, h in zip(suffix, hit)],
-        "suffix_ids": suffix, "prefix_ids": [list(range(prefix_len))] * len(ids)})
+        "approx_match": hit, "generated_ids": [s if h else s[:5] + [t - 1 if t else 1 for t in s[5:]]
+                                               for s, h in zip(suffix, hit)],
+        "suffix_ids": suffix, "prefix_ids": [p for p, _ in windows]})
     pq.write_table(table, path / "results.parquet", write_page_checksum=True)  # as evalmem writes results
     settings = {"command": "extract", "model": model, "data": "data.jsonl", "data_fingerprint": data_fingerprint,
                 "prefix_len": prefix_len, "suffix_len": suffix_len, "engine": "hf", "mode": "decode"}

@@ -39,6 +39,9 @@ def test_compare_counts_every_region(invoke, runs, tmp_path):
     assert pairs["b0", "b1"]["jaccard"] == 14 / 22
     sets = json.loads((out / "sets.json").read_text())
     assert sets["inherited:soft"] == ["e15", "e16"]
+    assert sets["memorized:hard"] == sorted(members("hard")) and sets["neither:hard"] == ["e38"]
+    assert len(sets["easy:soft"]) == 15 and set(sets["easy:hard"]) == {f"e{i}" for i in range(10)}
+    assert cmp["runs"]["teacher"]["dir"] == str((tmp_path / "teacher").resolve())
     assert sets["easy_every_seed"] == sorted(f"e{i}" for i in range(10))
     for name in ("rates.png", "overlap.png", "token_accuracy.png", "students.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

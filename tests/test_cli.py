@@ -4,7 +4,6 @@ traceback, nothing that looks complete, nothing lost."""
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -227,7 +226,7 @@ LENGTHS = [  # (command, options, message)
     ("extract", ["--prefix-len", 400, "--suffix-len", 200], "exceeds the model's context of 512"),
     ("extract", ["--limit", 0], "Invalid value for '--limit'"),
     ("extract", ["--shard-size", -5], "Invalid value for '--shard-size'"),
-    ("extract", ["--prefix-len", "fifty"], "'fifty' is not a valid integer"),
+    ("extract", ["--prefix-len", "fifty"], "'fifty' is not an integer or a comma-separated list"),
     ("extract", ["--engine", "server", "--concurrency", 0], "Invalid value for '--concurrency'"),
     ("extract", ["--max-model-len", 64], "--max-model-len 64 is shorter than the job's --prefix-len + --suffix-len"),
     ("extract", ["--max-model-len", 40], "--max-model-len 40 is shorter"),

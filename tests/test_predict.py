@@ -38,6 +38,19 @@ def test_separating_feature_gives_auc_near_1():
     assert coefs["teacher_ppl"]["mean"] > 2
     assert max(abs(coefs[f]["mean"]) for f in DEFAULT_FEATURES[1:]) < coefs["teacher_ppl"]["mean"] / 4
     assert model.predict_proba(x)[:, 1][y].min() > model.predict_proba(x)[:, 1][~y].mean()
+    roc, pr = report["roc"], report["pr_base_rate"]
+    assert roc["fpr"][0] == roc["tpr"][0] == 0 and roc["fpr"][-1] == roc["tpr"][-1] == 1
+    assert roc["tpr"][5] > 0.95 and len(roc["tpr"]) == len(roc["tpr_std"]) == 101  # TPR at FPR 5%
+    assert pr["precision"][50] > 0.9 and all(a >= b for a, b in zip(pr["precision"], pr["precision"][1:]))
+
+
+def test_curves_of_noise():
+    """Where the features carry no signal the ROC curve is the diagonal."""
+    x, y = synthetic(separation=0.0)
+    report, _ = fit_predictor(x, y, DEFAULT_FEATURES, trials=30, neg_ratio=3, test_size=0.3, seed=1)
+    assert np.abs(np.array(report["roc"]["tpr"]) - np.array(report["roc"]["fpr"])).max() < 0.15
+    base_rate = report["base_rate_eval"]["base_rate"]["mean"]  # of the unused examples: most positives trained
+    assert abs(report["pr_base_rate"]["precision"][-1] - base_rate) < 0.002  # recall 1: everything is flagged
 
 
 def test_real_base_rate_lowers_precision():
@@ -82,6 +95,10 @@ def test_predict_then_filter(invoke, dirs):
     assert json.loads(result.stdout) == report
     assert report["features"] == ["teacher_ppl", "min_k_logprob"] and report["n_positive"] == 30
     assert report["resampled"]["roc_auc"]["mean"] > 0.99
+    risk = pq.read_table(tmp / "pred" / "risk.parquet").to_pydict()
+    assert risk["example_id"] == sorted(dirs["ids"]) and report["risk_file"] == "risk.parquet"
+    top = {i for i, r in zip(risk["example_id"], risk["risk"]) if r is not None and r >= 0.5}
+    assert len(top & {i for i, hit in zip(dirs["ids"], dirs["y"]) if hit}) >= 25
     saved = joblib.load(tmp / "pred" / "model.joblib")
     prob = saved["model"].predict_proba(np.column_stack([dirs["x"][:, 0], -dirs["x"][:, 0]]))[:, 1]
     risky = {i for i, p in zip(dirs["ids"], prob) if p >= 0.5}

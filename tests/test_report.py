@@ -1,37 +1,137 @@
-"""`evalmem report`: one self-contained HTML page from compare and predict results."""
+"""`evalmem report`: one self-contained HTML page from compare and predict results, read as HTML and in
+headless Chromium (the explorer's deep links, filters and escaping on a real report)."""
 
 import base64
+import json
 import re
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
-from helpers import IDS, compare_args, members, write_features, write_run
+from helpers import IDS, compare_args, invoke_cli, members, write_features, write_run
+from evalmem.explorer import set_href
+
+SCRIPT = "<script>alert(1)</script>"
+SCRIPT_ID = "e17"  # teacher-only, inherited by hard
+MODELS = ("teacher", "b0", "b1", "soft", "hard")
 
 
-def test_report_embeds_tables_and_figures(invoke, tmp_path):
-    runs = {name: write_run(tmp_path / name, IDS, members(name), model=name)
-            for name in ("teacher", "b0", "b1", "soft", "hard")}
-    invoke(*compare_args(runs, tmp_path / "cmp"))
-    x = np.random.default_rng(0).normal(size=(100, 4))
+def make_runs(root, windows=None, tokenizer="nowhere"):
+    """Five hand-built runs (helpers.REGIONS) and their comparison; the teacher's model names `tokenizer`."""
+    runs = {name: write_run(root / name, IDS, members(name), model=tokenizer if name == "teacher" else name,
+                            windows=windows) for name in MODELS}
+    invoke_cli(*compare_args(runs, root / "cmp"))
+    return runs
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    """KJV windows under a locally trained tokenizer (one prefix holding a script element), the five runs,
+    their comparison, a predictor of the hard student's memorization, and the report."""
+    from evalmem.tiny import kjv_verses, token_windows, train_tokenizer
+
+    root = tmp_path_factory.mktemp("report")
+    tokenizer = train_tokenizer(kjv_verses()[:2000], root / "tokenizer", vocab_size=512)
+    windows = [(w[:50], w[50:]) for w in token_windows(kjv_verses()[:2000], tokenizer, 100)[:len(IDS)]]
+    i = IDS.index(SCRIPT_ID)
+    script = tokenizer(f'{SCRIPT} & "quotes" <!-- ', add_special_tokens=False)["input_ids"]
+    windows[i] = ((script + windows[i][0])[:50], windows[i][1])
+    runs = make_runs(root, windows, str(root / "tokenizer"))
+    x = np.random.default_rng(0).normal(size=(len(IDS), 4))
     x[:, 0] += 6 * np.array([i in members("hard") for i in IDS])
-    feats = write_features(tmp_path / "feats", IDS, x)
-    invoke("predict", "--features", feats, "--labels", runs["hard"], "--out", tmp_path / "pred", "--trials", 5)
-    out = tmp_path / "report.html"
-    invoke("report", "--compare", tmp_path / "cmp", "--predict", tmp_path / "pred", "--out", out)
-    page = out.read_text()
-    images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
-    assert len(images) == 5  # rates, overlap, token accuracy, students, coefficients
-    assert all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
-    assert not re.search(r'(src|href)="(?!data:)', page)  # nothing outside the page
-    assert "<tr><td>soft</td><td>20</td><td>15</td><td>2</td><td>3</td>" in page
-    assert "<tr><td>8</td><td>2</td><td>4</td></tr>" in page  # hard vs soft
-    assert "Predictor at the real base rate" in page and "kl_teacher_baseline" in page
+    feats = write_features(root / "feats", IDS, x)
+    invoke_cli("predict", "--features", feats, "--labels", runs["hard"], "--out", root / "pred", "--trials", 5)
+    out = root / "report.html"
+    invoke_cli("report", "--compare", root / "cmp", "--predict", root / "pred", "--out", out)
+    return SimpleNamespace(root=root, out=out, page=out.read_text(), tokenizer=tokenizer, windows=windows,
+                           sets=json.loads((root / "cmp" / "sets.json").read_text()))
 
-    invoke("report", "--compare", tmp_path / "cmp", "--out", tmp_path / "plain.html")
-    assert len(re.findall("data:image/png", (tmp_path / "plain.html").read_text())) == 4
+
+def embedded(page: str) -> dict:
+    """The explorer's data in a report."""
+    return json.loads(re.search(r'<script type="application/json" id="evx-data">(.*?)</script>', page, re.S)[1])
+
+
+def test_report_begins_with_the_headline_and_embeds_everything(experiment, tmp_path):
+    page = experiment.page
+    images = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,([^"]+)"', page)
+    assert [name for name, _ in images] == ["rates.png", "students.png", "overlap.png", "roc.png",
+                                            "token_accuracy.png", "pr.png", "coefficients.png"]
+    assert all(base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n" for _, data in images)
+    assert not re.search(r'(src|href)="(?!data:|#)', page)  # nothing outside the page
+    order = [page.index(f'id="{part}"') for part in ("headline", "figures", "explore", "details")]
+    assert order == sorted(order) and page.index("Summary (the paper") < page.index("<img")
+    hard = f'<tr><td>hard</td><td>student</td><td><a href="{set_href("memorized:hard")}">19</a></td><td>19%</td>'
+    assert hard + f'<td><a href="{set_href("easy:hard")}">10</a></td>' in page
+    assert f'<a href="{set_href("inherited:hard")}">8</a>' in page.split('id="figures"')[0]
+    assert "the hard student inherits 4× as many as the soft one" in page
+    assert "<tr><td>8</td><td>2</td><td>4</td></tr>" in page  # hard vs soft, in the details
+    assert "Predictor at the real base rate" in page and "kl_teacher_baseline" in page
+    assert SCRIPT not in page  # the training text travels escaped
+    data = embedded(page)
+    assert len(data["rows"]) == 39 and data["left_out"] == 0 and data["has_risk"]  # e0..e38: memorized by some model
+
+    invoke_cli("report", "--compare", experiment.root / "cmp", "--out", tmp_path / "plain.html")
+    plain = (tmp_path / "plain.html").read_text()
+    assert len(re.findall("data:image/png", plain)) == 4 and not embedded(plain)["has_risk"]
+
+
+def test_max_examples_embeds_the_most_memorized(experiment, tmp_path):
+    invoke_cli("report", "--compare", experiment.root / "cmp", "--max-examples", 3, "--out", tmp_path / "r.html")
+    data = embedded((tmp_path / "r.html").read_text())
+    assert [r["id"] for r in data["rows"]] == ["e0", "e1", "e2"] and data["left_out"] == 36
+    assert {s["name"]: s["n"] for s in data["sets"]}["teacher"] == 31  # sets keep their full size
+
+
+def shown(page) -> set:
+    return set(page.eval_on_selector_all("#evx-rows article", "els => els.map(e => e.dataset.id)"))
+
+
+def test_headline_links_and_filters_in_a_browser(experiment, open_page):
+    page = open_page(experiment.out)
+    page.click(f'#headline a[href="{set_href("inherited:hard")}"]')  # the hard student's "inherited 8"
+    page.wait_for_function("document.getElementById('evx-set').value === 'inherited:hard'")
+    assert shown(page) == set(experiment.sets["inherited:hard"]) and len(shown(page)) == 8
+    for name in ("teacher_only", "easy", "memorized:soft", "easy:soft", "neither:hard"):
+        page.select_option("#evx-set", name)
+        assert shown(page) == set(experiment.sets[name]), name
+    page.select_option("#evx-sort", "risk")
+    assert page.input_value("#evx-sort") == "risk" and shown(page) == set(experiment.sets["neither:hard"])
+
+
+def test_training_text_is_shown_as_text(experiment, open_page):
+    page = open_page(experiment.out, set_href("inherited:hard"))
+    row = page.locator(f'article[data-id="{SCRIPT_ID}"]')
+    prefix = row.locator(".evx-pre").text_content()
+    assert prefix.startswith(f'{SCRIPT} & "quotes" <!-- ')
+    prefix_ids, suffix_ids = experiment.windows[IDS.index(SCRIPT_ID)]
+    assert row.locator(".evx-txt").nth(1).text_content() == experiment.tokenizer.decode(suffix_ids).replace("\n", "↵")
+    assert page.evaluate("document.scripts.length") == 2  # the explorer's data and code: nothing from the text
+    assert page.evaluate("document.body.innerText").count(SCRIPT) == 1
+
+
+def test_without_a_tokenizer_the_page_shows_token_ids(tmp_path, open_page):
+    make_runs(tmp_path)  # the teacher's model is "nowhere"
+    invoke_cli("report", "--compare", tmp_path / "cmp", "--out", tmp_path / "r.html")
+    page = open_page(tmp_path / "r.html", set_href("memorized:hard"))
+    assert "No tokenizer could be loaded" in page.text_content("#explore")
+    assert page.locator('article[data-id="e38"] .evx-pre').text_content().startswith("⟨0⟩⟨1⟩⟨2⟩")
+    assert len(shown(page)) == 19
+
+
+def test_unreadable_results_leave_the_explorer_out(tmp_path):
+    runs = make_runs(tmp_path)
+    (Path(runs["soft"]) / "results.parquet").unlink()
+    invoke_cli("report", "--compare", tmp_path / "cmp", "--out", tmp_path / "r.html")
+    page = (tmp_path / "r.html").read_text()
+    assert "results could not be read" in page and "Summary (the paper" in page
 
 
 def test_report_bad_input(invoke, tmp_path):
     result = invoke("report", "--compare", tmp_path / "nowhere", "--out", tmp_path / "r.html", code=2)
     assert result.output.startswith("Error: no compare.json in") and result.output.count("\n") == 1
     assert not (tmp_path / "r.html").exists()
+    result = invoke("report", "--compare", tmp_path, "--max-examples", -1, "--out", tmp_path / "r.html", code=2)
+    assert "--max-examples" in result.output

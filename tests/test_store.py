@@ -125,3 +125,16 @@ def test_result_table_with_duplicated_ids_is_refused(tmp_path):
     pq.write_table(pa.table({"example_id": ["a", "a"], "exact_match": [True, False]}), tmp_path / "r.parquet")
     with pytest.raises(InputError, match="duplicated example_id"):
         read_results(tmp_path / "r.parquet", ["example_id", "exact_match"])
+
+
+def test_token_id_lists_are_read_and_other_lists_refused(tmp_path):
+    import pandas as pd
+
+    path = tmp_path / "r.parquet"
+    pd.DataFrame({"example_id": ["a", "b"], "suffix_ids": [[1, 2], [3]], "generated_ids": [[1, 2], None]}).to_parquet(
+        path, index=False)
+    table = read_results(path, ["example_id", "suffix_ids", "generated_ids"])
+    assert table["suffix_ids"].to_pylist() == [[1, 2], [3]] and table["generated_ids"].to_pylist()[1] is None
+    pq.write_table(pa.table({"example_id": ["a"], "prefix_ids": [["x"]]}), path)
+    with pytest.raises(InputError, match="'prefix_ids' .* not token ids"):
+        read_results(path, ["example_id", "prefix_ids"])

@@ -8,7 +8,7 @@ import click
 
 from evalmem.cli.options import out_option, settings
 from evalmem.profile import MEMBERSHIP
-from evalmem.settings import COUNT_FEATURES, FEATURES, DataSpec, FilterSettings, PredictSettings
+from evalmem.settings import COUNT_FEATURES, FEATURES, DataSpec, FilterSettings, PredictSettings, ReportSettings
 
 
 @click.command()
@@ -101,18 +101,21 @@ def filter_effect(before, after, control, out):
 @click.option("--compare", "compare_dir", required=True, type=click.Path(file_okay=False),
               help="Directory written by `evalmem compare`.")
 @click.option("--predict", "predict_dir", default=None, type=click.Path(file_okay=False),
-              help="Directory written by `evalmem predict` (optional).")
+              help="Directory written by `evalmem predict` (optional): the ROC curve, coefficients and each "
+                   "example's risk (the `risk` column of its Parquet file).")
 @click.option("--utility", default=None, type=click.Path(dir_okay=False),
               help="JSON file written by `evalmem perplexity` (optional; name its models as compare's runs).")
 @click.option("--risk-filter", default=None, type=click.Path(dir_okay=False),
               help="JSON file written by `evalmem filter-effect` (optional).")
 @out_option("The HTML file to write.", directory=False)
-def report(compare_dir, predict_dir, utility, risk_filter, out):
-    """One self-contained HTML page (tables and embedded figures) from compare, predict and perplexity
-    results, ending with the paper-shaped summary table (also printed)."""
+@settings(ReportSettings, "settings")
+def report(compare_dir, predict_dir, utility, risk_filter, out, settings):
+    """One self-contained HTML page from compare, predict and perplexity results: the paper-shaped summary
+    (also printed) with one sentence per finding and its figure, the other figures, an explorer of the
+    memorized examples' text (read from the runs compare.json names), and the detail tables."""
     from evalmem.report import write_report
 
-    click.echo(write_report(compare_dir, predict_dir, out, utility, risk_filter)["summary"])
+    click.echo(write_report(compare_dir, predict_dir, out, utility, risk_filter, settings)["summary"])
 
 
 @click.command()
