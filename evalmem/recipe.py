@@ -25,7 +25,8 @@ from typing import Optional, Sequence
 
 from evalmem.errors import InputError, first_line
 
-NON_NEGATIVE = {"seed", "warmup_steps", "weight_decay", "pretrain_tokens", "passages", "shift_max", "max_words"}  # every other number must be positive
+# every other number must be positive
+NON_NEGATIVE = {"seed", "warmup_steps", "weight_decay", "pretrain_tokens", "passages", "shift_max", "max_words"}
 
 
 def check_numbers(section, where: str = "") -> None:

@@ -110,7 +110,8 @@ def summary_tables(result: dict, pred: dict | None, utility: dict | None, risk: 
     return [("Summary (the paper's table)", ["model", "role", "memorized", "memorization rate", "easy",
                                               "easy share", "inherited (teacher-only)", "held-out perplexity"], rows),
             ("Headline", ["teacher-only examples", "hard/soft inherited ratio", "predictor ROC-AUC"],
-             [[fmt(teacher_only), fmt(result.get("hard_vs_soft", {}).get("ratio")), fmt(auc)]])] + ([risk_table(risk)] if risk else [])
+             [[fmt(teacher_only), fmt(result.get("hard_vs_soft", {}).get("ratio")), fmt(auc)]])
+            ] + ([risk_table(risk)] if risk else [])
 
 
 def risk_table(risk: dict) -> Table:
