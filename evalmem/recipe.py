@@ -8,6 +8,7 @@
     student:  {the same keys; used by the baselines and both students}
     soft:     {temperature, teacher}   # teacher: the fine-tuned teacher [default: OUT/teacher]
     hard:     {prefix_len, corpus}     # corpus: `evalmem generate` output [default: OUT/corpus]
+    peft:     {enabled, r, alpha, dropout, target_modules}   # LoRA adapters instead of full models (off)
     evaluate: {prefix_len, suffix_len, engine, mode, ...}   # what `evalmem pipeline` measures
 
 The sections are the dataclasses below (OmegaConf structured configs): every key has a default and a type, a key
@@ -20,11 +21,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 from evalmem.errors import InputError, first_line
 
-NON_NEGATIVE = {"seed", "warmup_steps", "weight_decay", "pretrain_tokens"}  # every other number must be positive
+# every other number must be positive
+NON_NEGATIVE = {"seed", "warmup_steps", "weight_decay", "pretrain_tokens", "dropout"}
 
 
 def check_numbers(section, where: str = "") -> None:
@@ -107,6 +109,18 @@ class Hard:
 
 
 @dataclass(frozen=True)
+class Peft:
+    """LoRA (peft) for every trainer: each checkpoint is an adapter folder whose adapter_config.json names its
+    base model, and every later stage reads it as a model."""
+
+    enabled: bool = False
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: List[str] = field(default_factory=lambda: ["all-linear"])  # all-linear: every linear but lm_head
+
+
+@dataclass(frozen=True)
 class Evaluate:
     prefix_len: int = 50
     suffix_len: int = 50
@@ -131,6 +145,7 @@ class Recipe:
     student: Training = field(default_factory=Training)
     soft: Soft = field(default_factory=Soft)
     hard: Hard = field(default_factory=Hard)
+    peft: Peft = field(default_factory=Peft)
     evaluate: Evaluate = field(default_factory=Evaluate)
 
     def __post_init__(self):
