@@ -1,26 +1,68 @@
 """Models and tokenizers as every command reads them: configs, context length, fingerprints, loading.
 
-A model is a local Hugging Face folder or a hub id. Each loader turns a failure into a one-line error.
+A model is a local Hugging Face folder or a hub id, or a PEFT LoRA adapter folder applied to one (the base it
+names in adapter_config.json, or the one given beside it): `model_spec` makes a `ModelSpec` of either, and every
+function here takes one or a name. Each loader turns a failure into a one-line error.
 """
 
 from __future__ import annotations
 
-import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
+from evalmem import adapters
 from evalmem.errors import InputError, first_line
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
-def model_config(model: str):
-    """The model's transformers config; a one-line error when the model cannot be found or read."""
+@dataclass(frozen=True)
+class ModelSpec:
+    """A full model (`base`), or the LoRA adapter folder `adapter` applied to it."""
+
+    base: str
+    adapter: str | None = None
+
+    @property
+    def name(self) -> str:
+        """What the user named: the adapter folder, else the model."""
+        return self.adapter or self.base
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def model_spec(model: str | ModelSpec, adapter: str | None = None) -> ModelSpec:
+    """`model` as a spec: an adapter folder is applied to the base it names; `adapter` (`--adapter`) is applied
+    to `model`. An adapter trained on another base, or a folder of adapter weights without its config, is a
+    one-line error."""
+    if isinstance(model, ModelSpec):
+        return model if adapter is None else model_spec(model.base, adapter)
+    if adapter is not None:
+        adapters.adapter_config(adapter)
+        if adapters.is_adapter(model):
+            raise InputError(f"--model {model} is an adapter folder: give its base model as --model with "
+                             f"--adapter {adapter}")
+        adapters.check_base(adapter, model)
+        return ModelSpec(model, adapter)
+    if not adapters.is_adapter(model):
+        return ModelSpec(model)
+    base = adapters.recorded_base(model)
+    if adapters.is_adapter(base):
+        raise InputError(f"adapter {model} names another adapter, {base}, as its base: merge that one first")
+    adapters.check_fits(model, base)
+    return ModelSpec(base, model)
+
+
+def model_config(model: str | ModelSpec):
+    """The (base) model's transformers config; a one-line error when the model cannot be found or read."""
     from transformers import AutoConfig
 
+    spec = model_spec(model)
     try:
-        return AutoConfig.from_pretrained(model)
+        return AutoConfig.from_pretrained(spec.base)
     except Exception as exc:
-        raise InputError(f"cannot load model {model}: {first_line(exc)}") from exc
+        raise InputError(f"cannot load model {spec}: {first_line(exc)}") from exc
 
 
 def context_length(config) -> int | None:
@@ -37,15 +79,22 @@ def vocab_size(config) -> int:
 
 
 def model_fingerprint(model: str, config=None) -> str:
-    """Local folder: a hash of its config and its weight files' names, sizes and times; hub id: its commit."""
+    """A full model's: local folder: a hash of its config and its weight files' names, sizes and times; hub id:
+    its commit."""
     path = Path(model)
     if not path.is_dir():
         return f"hub:{model}@{getattr(config, '_commit_hash', None)}"
-    h = hashlib.sha256((path / "config.json").read_bytes() if (path / "config.json").exists() else b"")
-    for f in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
-        st = f.stat()
-        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-    return "sha256:" + h.hexdigest()
+    return adapters.folder_digest(path, sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")), "config.json")
+
+
+def model_fingerprints(model: str | ModelSpec, config=None) -> dict[str, str]:
+    """What identifies a model in a run's settings: `fingerprint` (the base's), and for an adapter `base` and
+    `adapter_fingerprint` (its adapter_config.json and weights)."""
+    spec = model_spec(model)
+    found = {"fingerprint": model_fingerprint(spec.base, config)}
+    if spec.adapter:
+        found |= {"base": spec.base, "adapter_fingerprint": adapters.adapter_fingerprint(spec.adapter)}
+    return found
 
 
 def resolve_dtype(config, dtype: str) -> str:
@@ -56,11 +105,15 @@ def resolve_dtype(config, dtype: str) -> str:
     return str(saved).removeprefix("torch.") if saved else "float32"
 
 
-def load_tokenizer(name: str):
+def load_tokenizer(name: str | ModelSpec):
+    """The tokenizer of a model or tokenizer folder; an adapter's own where its folder holds one, else its
+    base's."""
     from transformers import AutoTokenizer
 
+    spec = model_spec(name)
+    own = spec.adapter and (Path(spec.adapter) / "tokenizer_config.json").exists()
     try:
-        return AutoTokenizer.from_pretrained(name)
+        return AutoTokenizer.from_pretrained(spec.adapter if own else spec.base)
     except Exception as exc:
         raise InputError(f"cannot load a tokenizer from {name} ({first_line(exc).rstrip(':')}); "
                          "pass --tokenizer NAME_OR_FOLDER or give pre-tokenized input_ids") from exc
@@ -72,15 +125,35 @@ def device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_causal_lm(name: str, dtype: str = "auto", to_device: str | None = None, train: bool = False):
+def load_causal_lm(name: str | ModelSpec, dtype: str = "auto", to_device: str | None = None, train: bool = False,
+                   merge: bool = False):
     """A causal LM in `dtype` ("auto": as saved), on `to_device` (default: the GPU if there is one),
-    in eval mode unless `train`; a one-line error if it does not load."""
+    in eval mode unless `train`; a one-line error if it does not load. An adapter is applied by peft, as trained
+    (LoRA beside the base weights), or merged into them (`merge`, and a model to train in full)."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    spec = model_spec(name)
     try:
-        model = AutoModelForCausalLM.from_pretrained(name, dtype="auto" if dtype == "auto" else getattr(torch, dtype))
+        model = AutoModelForCausalLM.from_pretrained(spec.base,
+                                                     dtype="auto" if dtype == "auto" else getattr(torch, dtype))
+        if spec.adapter:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, spec.adapter)
+            model = model.merge_and_unload() if merge or train else model
     except Exception as exc:
-        raise InputError(f"cannot load model {name}: {first_line(exc)}") from exc
+        raise InputError(f"cannot load model {spec}: {first_line(exc)}") from exc
     model = model.to(to_device or device())
     return model.train() if train else model.eval()
+
+
+def merged_copy(spec: ModelSpec, dtype: str = "auto"):
+    """The adapter merged into its base's weights, saved with its tokenizer in a temporary folder (a
+    `tempfile.TemporaryDirectory`: `.name`, `.cleanup()`), for an engine that cannot apply it itself."""
+    import tempfile
+
+    folder = tempfile.TemporaryDirectory(prefix="evalmem-merged-")
+    load_causal_lm(spec, dtype, to_device="cpu", merge=True).save_pretrained(folder.name)
+    load_tokenizer(spec).save_pretrained(folder.name)
+    return folder

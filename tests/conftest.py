@@ -14,7 +14,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from helpers import COMMAND_ARGS, KILLED_ARGS, PREFIX, SUFFIX, invoke_cli, memorizing_setup, run_cli  # noqa: E402
+from helpers import (COMMAND_ARGS, KILLED_ARGS, PREFIX, SUFFIX, invoke_cli, lora_setup, memorizing_setup,  # noqa: E402
+                     run_cli)
 
 
 @pytest.fixture(scope="session")
@@ -23,6 +24,14 @@ def tiny(tmp_path_factory):
     `helpers.memorizing_setup`). EVALMEM_TEST_CACHE=DIR builds them once into DIR for later sessions."""
     cache = os.environ.get("EVALMEM_TEST_CACHE")
     return memorizing_setup(Path(cache) if cache else tmp_path_factory.mktemp("tiny"), PREFIX + SUFFIX)
+
+
+@pytest.fixture(scope="session")
+def lora(tiny, tmp_path_factory):
+    """LoRA adapters on the memorizing model, one trained to memorize windows it does not (`helpers.lora_setup`);
+    built into EVALMEM_TEST_CACHE/lora when that is set."""
+    cache = os.environ.get("EVALMEM_TEST_CACHE")
+    return lora_setup(tiny, Path(cache) / "lora" if cache else tmp_path_factory.mktemp("lora"))
 
 
 @pytest.fixture

@@ -44,6 +44,46 @@ def memorizing_setup(root: str | Path, window: int = 100, n_trained: int = 32, n
                            trained=trained, unseen=unseen, data=str(root / "windows.jsonl"))
 
 
+ADAPTED = 8  # the adapter's windows: the first ADAPTED unseen ones (w32..w39)
+
+
+def lora_setup(tiny, root: str | Path, epochs: int = 120, lr: float = 1e-2) -> SimpleNamespace:
+    """LoRA adapters on the memorizing model (`tiny.model`): `adapter`, trained by evalmem's own trainer (peft
+    through TRL) on the first ADAPTED unseen windows until it memorizes them, and `merged`, those weights merged
+    into the base by peft and saved as a full model; `head`, an adapter with LoRA on lm_head and q_proj (random,
+    small, not trained). Built once: reused if `root` is done."""
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    from evalmem.models import load_causal_lm
+    from evalmem.recipe import Peft
+    from evalmem.train.finetune import finetune
+
+    root = Path(root)
+    made = SimpleNamespace(adapter=str(root / "adapter"), merged=str(root / "merged"), head=str(root / "head"),
+                           windows=tiny.unseen[:ADAPTED])
+    if (root / "done").exists():
+        return made
+    peft = Peft(enabled=True, r=16, alpha=32.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                                 "up_proj", "down_proj"])
+    finetune(tiny.model, made.windows, made.adapter, epochs=epochs, lr=lr, batch_size=ADAPTED, scheduler="constant",
+             peft=peft)
+    base = load_causal_lm(str(Path(tiny.model).resolve()), "float32", to_device="cpu")
+    PeftModel.from_pretrained(base, made.adapter).merge_and_unload().save_pretrained(made.merged)
+    tiny.tokenizer.save_pretrained(made.merged)
+    torch.manual_seed(0)
+    base = load_causal_lm(str(Path(tiny.model).resolve()), "float32", to_device="cpu")
+    head = get_peft_model(base, LoraConfig(r=8, lora_alpha=8, target_modules=["q_proj", "lm_head"],
+                                           init_lora_weights=False))
+    with torch.no_grad():
+        for name, param in head.named_parameters():
+            if "lora_B" in name:
+                param.mul_(0.05)  # changes some greedy tokens, keeps most memorized windows
+    head.save_pretrained(made.head)
+    (root / "done").touch()
+    return made
+
+
 def run_cli(*args, check=True, **kwargs):
     """Run `python -m evalmem ARGS` in a subprocess (for exit codes, stderr and kill tests)."""
     proc = subprocess.run([sys.executable, "-m", "evalmem", *map(str, args)], capture_output=True, text=True,

@@ -7,6 +7,7 @@ import pytest
 
 from evalmem.engines import ENGINES, EngineOptions, EnginePool, engine_for, for_job
 from evalmem.errors import InputError
+from evalmem.models import ModelSpec
 from helpers import PREFIX, SUFFIX
 
 
@@ -59,7 +60,7 @@ def test_job_limits_are_checked_before_any_engine_starts(tiny):
     with pytest.raises(InputError, match="--max-model-len 64 is shorter than the job's prefix"):
         for_job(EngineOptions(max_model_len=64), model=tiny.model, mode="decode", dtype="float32", seq_len=100)
     resolved = options(tiny, None, "screen")
-    assert (resolved.engine, resolved.max_model_len, resolved.model) == ("hf", 100, tiny.model)
+    assert (resolved.engine, resolved.max_model_len, resolved.model) == ("hf", 100, ModelSpec(tiny.model))
     assert resolved.batch_size == 16  # on CPU: screen's windows per pass that stay in cache
 
 

@@ -36,3 +36,70 @@ def test_loading_failures_are_one_line(tmp_path):
         load_causal_lm(str(tmp_path / "empty"))
     with pytest.raises(InputError, match=r"cannot load a tokenizer from .*; pass --tokenizer"):
         load_tokenizer(str(tmp_path / "empty"))
+
+
+def test_an_adapter_folder_is_applied_to_the_base_it_names(tiny, lora):
+    from pathlib import Path
+
+    from evalmem.models import ModelSpec, model_fingerprints, model_spec
+
+    spec = model_spec(lora.adapter)
+    assert spec == ModelSpec(str(Path(tiny.model).resolve()), lora.adapter) and str(spec) == lora.adapter
+    assert model_spec(tiny.model, lora.adapter) == ModelSpec(tiny.model, lora.adapter)
+    assert model_spec(tiny.model) == ModelSpec(tiny.model)
+    found = model_fingerprints(lora.adapter)
+    assert set(found) == {"fingerprint", "base", "adapter_fingerprint"}
+    assert found["fingerprint"] == model_fingerprint(tiny.model) and model_fingerprints(tiny.model) == {
+        "fingerprint": model_fingerprint(tiny.model)}
+    assert context_length(model_config(lora.adapter)) == 512
+    assert len(load_tokenizer(lora.adapter)) == len(tiny.tokenizer)
+
+
+def test_the_adapter_fingerprint_follows_its_weights(lora, tmp_path):
+    from evalmem.models import model_fingerprints
+
+    copy = tmp_path / "adapter"
+    shutil.copytree(lora.adapter, copy)
+    before = model_fingerprints(str(copy))
+    os.utime(copy / "adapter_model.safetensors", ns=(1, 1))
+    after = model_fingerprints(str(copy))
+    assert after["adapter_fingerprint"] != before["adapter_fingerprint"]
+    assert after["fingerprint"] == before["fingerprint"]
+
+
+def bad_adapter(tmp_path, lora, name, change):
+    folder = tmp_path / name
+    shutil.copytree(lora.adapter, folder)
+    change(folder)
+    return str(folder)
+
+
+def test_bad_adapters_are_one_line_errors(tiny, lora, tmp_path):
+    import json
+
+    from evalmem.models import model_spec
+    from evalmem.tiny import build_model
+
+    no_config = bad_adapter(tmp_path, lora, "no-config", lambda f: (f / "adapter_config.json").unlink())
+    with pytest.raises(InputError, match="holds adapter weights but no adapter_config.json"):
+        model_spec(no_config)
+    with pytest.raises(InputError, match="holds adapter weights but no adapter_config.json"):
+        model_spec(tiny.model, no_config)
+    with pytest.raises(InputError, match=f"was trained on .*memorized, not on --model {tiny.base}"):
+        model_spec(tiny.base, lora.adapter)  # the same architecture, other weights
+    other = build_model(tmp_path / "small", tiny.tokenizer, hidden=64, layers=2)
+    with pytest.raises(InputError, match="does not fit base model .*small: its model.layers.0"):
+        model_spec(str(other), lora.adapter)
+
+    def elsewhere(folder):
+        config = json.loads((folder / "adapter_config.json").read_text())
+        (folder / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": "/gone"}))
+
+    moved = bad_adapter(tmp_path, lora, "moved", elsewhere)
+    with pytest.raises(InputError, match=f"base model /gone that {moved} was trained on is not here: pass --model"):
+        model_spec(moved)
+    assert model_spec(tiny.model, moved).adapter == moved  # given beside its base, it is read
+    with pytest.raises(InputError, match="is an adapter folder: give its base model as --model"):
+        model_spec(lora.adapter, lora.adapter)
+    with pytest.raises(InputError, match="no such adapter folder"):
+        model_spec(tiny.model, str(tmp_path / "nothing"))

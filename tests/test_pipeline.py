@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -141,3 +142,23 @@ def test_bad_recipes_are_refused(minute_scale, tmp_path, invoke):
     assert not (tmp_path / "b" / "base" / "prepared.json").exists()
     result = invoke(*pipeline_args(tmp_path / "b", minute_scale, **{"teacher.epochs": 3}), code=2)
     assert "holds a pipeline run with other settings (prepare, teacher)" in result.output
+
+
+@pytest.mark.slow
+def test_pipeline_carries_lora_adapters_through_every_stage(minute_scale, tmp_path, cli):
+    """peft.enabled: every trained checkpoint is an adapter folder, and every later stage reads it as a model."""
+    out = tmp_path / "lora"
+    cli(*pipeline_args(out, minute_scale, **{"peft.enabled": True, "evaluate.baseline_seeds": 1}))
+    for name, base in (("teacher", minute_scale["teacher.model"]), ("baseline-seed0", minute_scale["student.model"]),
+                       ("soft", minute_scale["student.model"]), ("hard", minute_scale["student.model"])):
+        config = json.loads((out / name / "adapter_config.json").read_text())
+        assert config["base_model_name_or_path"] == str(Path(base).resolve()), name
+        assert not (out / name / "model.safetensors").exists(), name
+        settings = json.loads((out / "extract" / name / "manifest.json").read_text())["settings"]
+        assert settings["model"] == str(out / name) and "model_adapter_fingerprint" in settings, name
+    summary = json.loads((out / "extract" / "teacher" / "summary.json").read_text())
+    assert 28 <= summary["exact_match_count"] <= 32 and summary["adapter"] == {"applied": "peft"}
+    assert "teacher_adapter_fingerprint" in json.loads((out / "features" / "manifest.json").read_text())["settings"]
+    assert set(json.loads((out / "utility.json").read_text())["models"]) == {"teacher", "baseline-seed0", "soft",
+                                                                             "hard"}
+    assert (out / "report.html").exists()

@@ -21,6 +21,9 @@ def test_recipes_load_and_set_the_papers_settings():
     kjv = load_recipe(RECIPES / "tiny-kjv.yaml", ["out=/tmp/elsewhere"])
     assert kjv.data.path == "/tmp/elsewhere/data/train.jsonl" and kjv.teacher.model == "/tmp/elsewhere/base/teacher"
     assert yaml.safe_load(recipe_yaml(kjv))["data"]["path"] == kjv.data.path
+    assert not kjv.peft.enabled and kjv.peft.target_modules == ["all-linear"]
+    lora = load_recipe(RECIPES / "tiny.yaml", ["peft.enabled=true", "peft.r=4", "peft.target_modules=[q_proj,v_proj]"])
+    assert lora.peft.enabled and lora.peft.r == 4 and lora.peft.target_modules == ["q_proj", "v_proj"]
 
 
 @pytest.mark.parametrize("sets, message", [
@@ -29,6 +32,8 @@ def test_recipes_load_and_set_the_papers_settings():
     (["teacher.batch_size=abc"], "recipe key teacher.batch_size"),
     (["teacher.epochs=-1"], "recipe key teacher.epochs must be positive, got -1.0"),
     (["evaluate.trials=0"], "recipe key evaluate.trials must be positive"),
+    (["peft.r=0"], "recipe key peft.r must be positive"),
+    (["peft.dropout=-0.1"], "recipe key peft.dropout must be non-negative"),
     (["teacher.lr"], "--set takes KEY=VALUE"),
 ])
 def test_bad_recipe_values_are_refused(sets, message):

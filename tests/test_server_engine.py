@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,15 +23,15 @@ CONFIGS = Path(__file__).parent.parent / "serve_configs"
 class Server:
     """`python -m vllm.entrypoints.openai.api_server --config serve_configs/tiny-cpu.yaml --model M --port P`."""
 
-    def __init__(self, model: str, log: Path):
-        self.model, self.log, self.proc, self.url = model, log, None, None
+    def __init__(self, model: str, log: Path, *args):
+        self.model, self.log, self.args, self.proc, self.url = model, log, args, None, None
 
     def start(self, timeout: float = 300) -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--config", CONFIGS / "tiny-cpu.yaml",
-               "--model", self.model, "--port", port]
+               "--model", self.model, "--port", port, *self.args]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(list(map(str, cmd)), stdout=log, stderr=subprocess.STDOUT,
                                          start_new_session=True)
@@ -55,8 +56,10 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def server(tiny, tmp_path_factory):
-    server = Server(tiny.model, tmp_path_factory.mktemp("server") / "server.log")
+def server(tiny, lora, tmp_path_factory):
+    """The memorizing model, and the LoRA adapter on it as the module `memorizer`."""
+    server = Server(tiny.model, tmp_path_factory.mktemp("server") / "server.log", "--enable-lora", "--max-lora-rank",
+                    16, "--lora-modules", f"memorizer={lora.adapter}")
     server.start()
     yield server
     server.kill()
@@ -109,6 +112,23 @@ def test_other_model_or_no_server_is_refused(server, tiny, tmp_path, invoke):
                     "server", "--base-url", closed, code=2)
     assert result.output.startswith(f"Error: cannot reach the vLLM server at {closed}") \
         and result.output.count("\n") == 1
+
+
+def test_server_applies_the_adapter_it_serves(server, tiny, lora, tmp_path, invoke):
+    """An adapter folder as --model (or --adapter beside its base) is the LoRA module served on that base: the
+    rows of peft in transformers. An adapter it does not serve, or one on lm_head, is refused in one line."""
+    out = tmp_path / "served"
+    summary = json.loads(invoke("extract", "--model", lora.adapter, "--data", tiny.data, "--out", out,
+                                *served(server)).stdout)
+    invoke("extract", "--model", lora.adapter, "--data", tiny.data, "--engine", "hf", "--out", tmp_path / "hf")
+    assert rows(out) == rows(tmp_path / "hf") and summary["server"]["served_model"] == "memorizer"
+    copy = shutil.copytree(lora.adapter, tmp_path / "copy")
+    result = invoke("extract", "--model", tiny.model, "--adapter", copy, "--data", tiny.data, "--out", tmp_path / "a",
+                    *served(server), code=2)
+    assert f"does not serve the adapter {copy} on" in result.output and result.output.count("\n") == 1
+    result = invoke("extract", "--model", lora.head, "--data", tiny.data, "--out", tmp_path / "b", *served(server),
+                    code=2)
+    assert "the vLLM server does not apply lm_head of adapter" in result.output and result.output.count("\n") == 1
 
 
 def test_server_killed_mid_run_then_resumed(server, tiny, tiny_runs, tmp_path, invoke):

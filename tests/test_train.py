@@ -183,3 +183,45 @@ def test_window_longer_than_context_is_refused(setup, tmp_path):
     result = train_cli("finetune", "--run", "teacher", *args, code=2)
     assert_one_line_error(result, "exceeds the context")
     assert not (tmp_path / "teacher").exists()
+
+
+def adapter_base(folder) -> str:
+    import json
+
+    assert not (Path(folder) / "model.safetensors").exists(), "an adapter folder, not a full model"
+    return json.loads((Path(folder) / "adapter_config.json").read_text())["base_model_name_or_path"]
+
+
+def test_lora_soft_student_of_a_lora_teacher_trains_and_extracts(setup, lora, tmp_path, invoke):
+    """peft.enabled: distill-soft trains LoRA adapters on the student (its teacher itself an adapter) into an
+    adapter folder naming the student's base; the KL to the teacher falls, and extract reads the folder."""
+    import json
+
+    windows = setup.tiny.trained[:8]
+    before = mean_kl(lora.adapter, setup.student, windows)
+    train_cli("distill-soft", *recipe_args(setup, tmp_path, **{"peft.enabled": True, "student.lr": 1e-2,
+                                                               "soft.teacher": lora.adapter}))
+    soft = tmp_path / "soft"
+    assert adapter_base(soft) == str(Path(setup.student).resolve())
+    assert mean_kl(lora.adapter, soft, windows) < 0.95 * before  # LoRA on a random student: slower than full
+    summary = json.loads(invoke("extract", "--model", soft, "--data", setup.few, "--engine", "hf", "--out",
+                                tmp_path / "extract").stdout)
+    assert summary["n_examples"] == 8 and summary["adapter"] == {"applied": "peft"}
+    settings = json.loads((tmp_path / "extract" / "manifest.json").read_text())["settings"]
+    assert settings["model_base"] == adapter_base(soft) and "model_adapter_fingerprint" in settings
+
+
+def test_lora_finetune_and_hard_distillation_write_adapters(setup, tmp_path):
+    lora_args = {"peft.enabled": True, "peft.r": 4, "peft.target_modules": "[q_proj,v_proj]", "student.epochs": 1}
+    train_cli("finetune", "--run", "baseline", "--seed", 1, *recipe_args(setup, tmp_path, **lora_args))
+    train_cli("distill-hard", *recipe_args(setup, tmp_path, **{**lora_args, "hard.corpus": setup.corpus}))
+    for name in ("baseline-seed1", "hard"):
+        import json
+
+        config = json.loads((tmp_path / name / "adapter_config.json").read_text())
+        assert adapter_base(tmp_path / name) == str(Path(setup.student).resolve())
+        assert config["r"] == 4 and sorted(config["target_modules"]) == ["q_proj", "v_proj"]
+    result = train_cli("finetune", "--run", "baseline", "--seed", 2,
+                       *recipe_args(setup, tmp_path, **{**lora_args, "student.model": tmp_path / "hard"}), code=2)
+    assert_one_line_error(result, "is a LoRA adapter: LoRA training (peft.enabled) starts from a full model")
+    assert not (tmp_path / "baseline-seed2").exists()

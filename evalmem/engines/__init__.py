@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from evalmem.errors import InputError, first_line
-from evalmem.models import DTYPES, model_fingerprint
+from evalmem.models import DTYPES, ModelSpec, model_fingerprints, model_spec
 from evalmem.settings import option
 
 
@@ -72,7 +72,7 @@ class EngineOptions:
     batch_size: int | None = field(default=None, metadata=option(
         "Prompts per generate call (hf); windows per forward pass (screen, verify and auto in torch) "
         "[default: 256; on CPU screen 16, verify and auto 64, which keep the activations in cache].", min=1))
-    model: str = ""
+    model: ModelSpec | None = None
     seed: int = 0
 
 
@@ -93,7 +93,7 @@ def engine_for(mode: str, engine: str | None) -> str:
     return engine
 
 
-def for_job(options: EngineOptions, *, model: str, mode: str, dtype: str, seq_len: int, seed: int = 0,
+def for_job(options: EngineOptions, *, model: str | ModelSpec, mode: str, dtype: str, seq_len: int, seed: int = 0,
             what: str = "prefix + new tokens") -> EngineOptions:
     """The options a job runs with: its model, dtype and seed, the engine for its mode, the context and batch
     defaults; the engine limits are checked against the job here, before any engine starts."""
@@ -103,7 +103,7 @@ def for_job(options: EngineOptions, *, model: str, mode: str, dtype: str, seq_le
         raise InputError(f"--max-model-len {options.max_model_len} is shorter than the job's {what} = {seq_len} "
                          "tokens: raise it or shorten the job")
     batch = options.batch_size or (CPU_BATCH_SIZE.get(mode, 256) if device() == "cpu" else 256)
-    return replace(options, engine=engine_for(mode, options.engine), model=model, dtype=dtype, seed=seed,
+    return replace(options, engine=engine_for(mode, options.engine), model=model_spec(model), dtype=dtype, seed=seed,
                    max_model_len=options.max_model_len or seq_len, batch_size=batch)
 
 
@@ -129,7 +129,7 @@ class EnginePool:
     def get(self, options: EngineOptions) -> Engine:
         if not ENGINES[options.engine].reusable:
             return build(options)
-        key = (options, model_fingerprint(options.model))
+        key = (options, tuple(model_fingerprints(options.model).items()))
         if key != self.key:
             self.close()
             self.engine, self.key = build(options), key

@@ -12,7 +12,8 @@ class HFEngine:
     name = "hf"
 
     def __init__(self, options: EngineOptions):
-        self.model = load_causal_lm(options.model, options.dtype)
+        self.model = load_causal_lm(options.model, options.dtype)  # an adapter: applied by peft, as trained
+        self.info = {"adapter": {"applied": "peft"}} if options.model.adapter else {}
         self.model.generation_config.eos_token_id = None  # never stop early (generate merges the model's own)
         self.batch_size = options.batch_size
 

@@ -18,6 +18,9 @@ class RayEngine:
     name = "ray"
 
     def __init__(self, options: EngineOptions):
+        if options.model.adapter:
+            raise InputError(f"--engine ray does not apply LoRA adapters ({options.model.adapter}): use --engine vllm "
+                             "or hf, or a merged copy of the adapter as --model")
         try:
             import ray
             from ray.data.llm import build_processor, vLLMEngineProcessorConfig
@@ -40,7 +43,7 @@ class RayEngine:
             engine_kwargs["enforce_eager"] = True
             placement = {"bundles": [{"CPU": 1}]}
         self.config = vLLMEngineProcessorConfig(
-            model_source=options.model, engine_kwargs=engine_kwargs, batch_size=options.batch_size,
+            model_source=options.model.base, engine_kwargs=engine_kwargs, batch_size=options.batch_size,
             concurrency=replicas, placement_group_config=placement, chat_template_stage=False,
             tokenize_stage=False, detokenize_stage=False, log_engine_metrics=False)
         self.build_processor, self.ray = build_processor, ray

@@ -8,7 +8,9 @@ exponential backoff, and a request that still fails stops the command with a one
 shards stay on disk: rerun the command to resume, against any server that serves the same model).
 
 `--model` must name what the server serves: its model id or the path it was started with (`root`); the
-local checks (config, context length, vocabulary, fingerprint) read that same path or hub id here.
+local checks (config, context length, vocabulary, fingerprint) read that same path or hub id here. An adapter
+(`--model ADAPTER_FOLDER`, or `--adapter` beside the base) must be served on that base as a LoRA module
+(`--enable-lora --lora-modules NAME=ADAPTER_FOLDER`): requests then name the module.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ import os
 
 import openai
 
+from evalmem import adapters
 from evalmem.engines import EngineOptions
 from evalmem.errors import InputError, first_line
+from evalmem.models import model_config, vocab_size
 
 MAX_RETRIES = 4  # backoff 0.5, 1, 2, 4 s (+ jitter) before a request is given up
 
@@ -44,18 +48,34 @@ class ServerEngine:
                                 "vllm_version": version.get("version") if isinstance(version, dict) else None}}
 
     def match(self, options: EngineOptions, served: list) -> str:
-        """The id under which the server serves `options.model`; refuse another model or a short context."""
-        for card in served:
+        """The id under which the server serves `options.model` (an adapter: the LoRA module served on that base);
+        refuse another model or adapter, a short context, or an adapter vLLM would not apply as peft does."""
+        spec = options.model
+        base = self.card(spec.base, [c for c in served if not getattr(c, "parent", None)], options)
+        if not spec.adapter:
+            return base.id
+        unsupported = adapters.vllm_unsupported(spec.adapter, vocab_size(model_config(spec)))
+        if unsupported:
+            raise InputError(f"the vLLM server does not apply {', '.join(unsupported)} of adapter {spec.adapter} as "
+                             "peft does: use --engine vllm (it scores a merged copy) or hf, or serve the merged model")
+        return self.card(spec.adapter, [c for c in served if getattr(c, "parent", None) == base.id], options).id
+
+    def card(self, model: str, cards: list, options: EngineOptions):
+        """The served model (or LoRA module) whose id or path is `model`, with enough context for the job."""
+        for card in cards:
             root = getattr(card, "root", None)
-            if options.model in (card.id, root) or same_folder(options.model, root):
+            if model in (card.id, root) or same_folder(model, root):
                 limit = getattr(card, "max_model_len", None)
                 if limit and options.max_model_len and options.max_model_len > limit:
                     raise InputError(f"the server at {self.url} serves {card.id} with max-model-len {limit}, "
                                      f"shorter than this job's {options.max_model_len} tokens")
-                return card.id
-        names = ", ".join(f"{c.id} ({getattr(c, 'root', None)})" for c in served) or "nothing"
-        raise InputError(f"the server at {self.url} serves {names}, not --model {options.model}: start it with "
-                         "that model or pass the served model's path as --model")
+                return card
+        names = ", ".join(f"{c.id} ({getattr(c, 'root', None)})" for c in cards) or "nothing"
+        if model == options.model.adapter:
+            raise InputError(f"the server at {self.url} does not serve the adapter {model} on {options.model.base} "
+                             f"(its adapters: {names}): start it with --enable-lora --lora-modules NAME={model}")
+        raise InputError(f"the server at {self.url} serves {names}, not --model {model}: start it with that model "
+                         "or pass the served model's path as --model")
 
     def generate(self, prompts, max_new_tokens, *, temperature=0.0, top_p=1.0, seed=None):
         body = {"max_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "seed": seed,

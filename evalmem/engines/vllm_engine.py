@@ -7,17 +7,25 @@ sized to the job instead of a fraction of host memory.
 `verify` (extract --mode verify) is early-exit greedy decoding inside vLLM: a v1 logits processor,
 `SuffixCheck`, reads each request's expected suffix from `SamplingParams.extra_args` and ends the
 request at its first mismatch by forcing one of the request's stop tokens.
+
+A LoRA adapter runs as vLLM's LoRA (`enable_lora`, one `LoRARequest` on every request; the logits processor sees
+the adapted logits), or, where vLLM would not apply part of it as peft does (LoRA on the embeddings or lm_head,
+modules saved whole), as its merge into the base weights, in a temporary folder removed once loaded.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
+from typing import get_args
 
+import click
 import numpy as np
 import torch
 
+from evalmem import adapters
 from evalmem.engines import EngineOptions
-from evalmem.models import model_config
+from evalmem.models import merged_copy, model_config, vocab_size
 from evalmem.screen import decide, near_tie_tolerance
 
 ON_CPU = not torch.cuda.is_available()
@@ -26,7 +34,9 @@ if ON_CPU:
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # its CPU start-up warnings are noise to users
 
 from vllm import LLM, SamplingParams  # noqa: E402
+from vllm.config.lora import MaxLoRARanks  # noqa: E402
 from vllm.inputs import TokensPrompt  # noqa: E402
+from vllm.lora.request import LoRARequest  # noqa: E402
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor  # noqa: E402
 from vllm.v1.sample.logits_processor.builtin import process_dict_updates  # noqa: E402
 
@@ -39,7 +49,9 @@ class VLLMEngine:
     name = "vllm"
 
     def __init__(self, options: EngineOptions):
-        kwargs = dict(model=options.model, dtype=options.dtype,
+        lora, self.info, merged = adapter_plan(options) if options.model.adapter else ({}, {}, None)
+        self.lora = LoRARequest("adapter", 1, str(Path(options.model.adapter).resolve())) if lora else None
+        kwargs = dict(model=merged.name if merged else options.model.base, dtype=options.dtype,
                       tensor_parallel_size=options.tensor_parallel_size, seed=options.seed,
                       max_num_seqs=options.max_num_seqs, max_model_len=options.max_model_len,
                       logits_processors=[SuffixCheck],
@@ -50,14 +62,18 @@ class VLLMEngine:
             kwargs["kv_cache_memory_bytes"] = cpu_kv_cache_bytes(options)
         if ON_CPU:
             kwargs["enforce_eager"] = True
-        self.llm = LLM(**kwargs)
-        self.generate([[0]], 1)  # surface an unsupported model configuration now, as a load error
+        try:
+            self.llm = LLM(**kwargs, **lora)
+            self.generate([[0]], 1)  # surface an unsupported model configuration now, as a load error
+        finally:
+            if merged:  # the engine holds the weights now
+                merged.cleanup()
 
     def generate(self, prompts, max_new_tokens, *, temperature=0.0, top_p=1.0, seed=None):
         params = SamplingParams(temperature=temperature, top_p=top_p, seed=seed, max_tokens=max_new_tokens,
                                 ignore_eos=True, detokenize=False)
         requests = [TokensPrompt(prompt_token_ids=list(map(int, p))) for p in prompts]
-        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        outputs = self.llm.generate(requests, params, use_tqdm=False, lora_request=self.lora)
         return [list(o.outputs[0].token_ids) for o in outputs]
 
     def verify(self, prefix: np.ndarray, suffix: np.ndarray) -> dict[str, np.ndarray]:
@@ -69,13 +85,30 @@ class VLLMEngine:
                                  stop_token_ids=m, extra_args={SUFFIX_KEY: s, MARKS_KEY: m})
                   for s, m in zip(suffix.tolist(), marks)]
         requests = [TokensPrompt(prompt_token_ids=p) for p in prefix.tolist()]
-        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        outputs = self.llm.generate(requests, params, use_tqdm=False, lora_request=self.lora)
         match_len, near_tie = np.zeros(len(outputs), np.int64), np.zeros(len(outputs), bool)
         for i, (out, m) in enumerate(zip(outputs, marks)):
             tokens, stop = out.outputs[0].token_ids, out.outputs[0].stop_reason
             match_len[i] = length if stop in (None, m[EXACT_TIE]) else len(tokens) - 1
             near_tie[i] = stop in (m[MISS_TIE], m[EXACT_TIE])
         return {"match_len": match_len, "near_tie": near_tie}
+
+
+def adapter_plan(options: EngineOptions) -> tuple[dict, dict, object]:
+    """How vLLM runs the adapter: LoRA (the engine's LoRA settings), or, where vLLM would not apply part of it as
+    peft does (`evalmem.adapters.vllm_unsupported`), a merged copy in a temporary folder, said on stderr. Returns
+    (LoRA settings, the summary's `adapter` entry, the temporary folder or None)."""
+    adapter = options.model.adapter
+    ranks = sorted(get_args(MaxLoRARanks))
+    rank = adapters.max_rank(adapter)
+    unsupported = adapters.vllm_unsupported(adapter, vocab_size(model_config(options.model)))
+    unsupported += [f"rank {rank} (vLLM's largest is {ranks[-1]})"] if rank > ranks[-1] else []
+    if not unsupported:
+        return ({"enable_lora": True, "max_loras": 1, "max_lora_rank": next(r for r in ranks if r >= rank)},
+                {"adapter": {"applied": "lora"}}, None)
+    click.echo(f"note: vLLM does not apply {', '.join(unsupported)} of adapter {adapter} as peft does: scoring "
+               "its merge into the base weights (a temporary copy)", err=True)
+    return {}, {"adapter": {"applied": "merged", "because": unsupported}}, merged_copy(options.model, options.dtype)
 
 
 def stop_marks(suffix: list[int]) -> list[int]:

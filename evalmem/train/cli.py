@@ -50,8 +50,9 @@ def model_of(recipe: Recipe, section: str) -> str:
 
 @click.group(cls=OneLineGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 def main():
-    """Train the teacher, baselines and distilled students of a recipe (TRL). Each command writes a plain
-    Hugging Face folder that appears only when training has finished."""
+    """Train the teacher, baselines and distilled students of a recipe (TRL). Each command writes a Hugging Face
+    folder that appears only when training has finished: the full model, or (recipe peft.enabled) a LoRA adapter
+    folder whose adapter_config.json names its base model."""
 
 
 @main.command("prepare")
@@ -81,7 +82,8 @@ def finetune(run, recipe, seed, out, sets):
     recipe, out = open_recipe(recipe, seed, out, sets, "teacher" if run == "teacher" else "baseline-seed{seed}")
     model = model_of(recipe, section)
     _, windows = training_windows(recipe.data, load_tokenizer(model))
-    click.echo(f"saved {train(model, windows, out, **getattr(recipe, section).trainer_settings(recipe.seed))}")
+    settings = getattr(recipe, section).trainer_settings(recipe.seed)
+    click.echo(f"saved {train(model, windows, out, peft=recipe.peft, **settings)}")
 
 
 @main.command("distill-soft")
@@ -97,7 +99,7 @@ def distill_soft(recipe, seed, out, sets):
     check_context(teacher, recipe.data.window_len)
     shared_vocabulary(teacher, student)
     _, windows = training_windows(recipe.data, load_tokenizer(student))
-    saved = train(teacher, student, windows, out, temperature=recipe.soft.temperature,
+    saved = train(teacher, student, windows, out, temperature=recipe.soft.temperature, peft=recipe.peft,
                   **recipe.student.trainer_settings(recipe.seed))
     click.echo(f"saved {saved}")
 
@@ -115,6 +117,6 @@ def distill_hard(recipe, seed, out, sets):
     rows = load_corpus(corpus)
     tokenizer = load_tokenizer(student)
     ids, windows = training_windows(recipe.data, tokenizer)
-    saved = train(student, rows, ids, windows, out, prefix_len=recipe.hard.prefix_len,
-                  vocab_size=len(tokenizer), name=corpus, **recipe.student.trainer_settings(recipe.seed))
+    saved = train(student, rows, ids, windows, out, prefix_len=recipe.hard.prefix_len, vocab_size=len(tokenizer),
+                  name=corpus, peft=recipe.peft, **recipe.student.trainer_settings(recipe.seed))
     click.echo(f"saved {saved}")

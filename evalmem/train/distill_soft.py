@@ -17,7 +17,7 @@ from trl.experimental.gkd import GKDConfig, GKDTrainer  # noqa: E402
 
 from evalmem.errors import InputError  # noqa: E402
 from evalmem.models import load_causal_lm, load_tokenizer, model_config, vocab_size  # noqa: E402
-from evalmem.train.finetune import as_dataset, load_trainee, train_and_save, training_args  # noqa: E402
+from evalmem.train.finetune import as_dataset, load_trainee, lora_config, train_and_save, training_args  # noqa: E402
 
 
 def soft_kd_loss(student_logits, teacher_logits, labels, temperature: float, num_items_in_batch=None):
@@ -61,26 +61,29 @@ def shared_vocabulary(teacher: str, student: str) -> int:
 
 
 def load_teacher(teacher: str, logits: int):
-    """The teacher for inference (bf16 on GPU), its logit rows matched to the student's count for TRL's check."""
-    model = load_causal_lm(teacher, "bfloat16" if torch.cuda.is_available() else "float32", to_device="cpu")
+    """The teacher for inference (bf16 on GPU; an adapter merged into its base), its logit rows matched to the
+    student's count for TRL's check."""
+    model = load_causal_lm(teacher, "bfloat16" if torch.cuda.is_available() else "float32", to_device="cpu",
+                           merge=True)
     if vocab_size(model.config) != logits:
         model.resize_token_embeddings(logits, mean_resizing=False)
     return model
 
 
-def distill_soft(teacher: str, student: str, windows, out: str | Path, *, temperature: float = 2.0,
+def distill_soft(teacher: str, student: str, windows, out: str | Path, *, temperature: float = 2.0, peft=None,
                  **train) -> Path:
-    """Distill `teacher` into `student` on `windows` (token-id lists or a Dataset with `input_ids`);
-    `train` holds `training_args`' settings. Saves a plain HF folder at `out` when finished."""
+    """Distill `teacher` into `student` on `windows` (token-id lists or a Dataset with `input_ids`), in full or
+    (`peft` enabled) as LoRA adapters; `train` holds `training_args`' settings. Saves a HF folder at `out` when
+    finished."""
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
     vocab = shared_vocabulary(teacher, student)
     tokenizer = load_tokenizer(student)
     config = training_args(GKDConfig, Path(out), lmbda=0.0, beta=0.0, temperature=temperature, **train)
-    model = load_trainee(student)
+    model = load_trainee(student, peft)
     teacher_model = load_teacher(teacher, vocab_size(model.config))
     trainer = SoftKDTrainer(model=model, teacher_model=teacher_model, args=config, train_dataset=as_dataset(windows),
                             processing_class=tokenizer,
                             data_collator=DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id or 0),
-                            vocab_size=vocab)
+                            vocab_size=vocab, peft_config=lora_config(peft))
     return train_and_save(trainer, tokenizer, Path(out))

@@ -1,4 +1,6 @@
-"""Full fine-tuning with cross-entropy on pre-tokenized training windows (TRL `SFTTrainer`).
+"""Fine-tuning with cross-entropy on pre-tokenized training windows (TRL `SFTTrainer`): the full model, or LoRA
+adapters (the recipe's `peft` section, through TRL's `peft_config`; the checkpoint is then an adapter folder whose
+adapter_config.json names the base model by its absolute path).
 
 The trainer is fed the exact `input_ids` windows, so what is trained is what extraction tests.
 Used for the teacher, the baselines and (on the teacher's corpus) the hard-label student.
@@ -11,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from evalmem.models import load_causal_lm, load_tokenizer
+from evalmem.errors import InputError
+from evalmem.models import ModelSpec, load_causal_lm, load_tokenizer, model_spec
 
 
 def device_flags() -> dict:
@@ -32,10 +35,27 @@ def training_args(config_cls, out: Path, *, epochs: float, lr: float, batch_size
                       weight_decay=weight_decay, max_length=None, **device_flags(), **extra)
 
 
-def load_trainee(model: str):
+def lora_config(peft):
+    """TRL's `peft_config` for the recipe's `peft` section (`evalmem.recipe.Peft`); None: train the full model."""
+    if peft is None or not peft.enabled:
+        return None
+    from peft import LoraConfig
+
+    modules = list(peft.target_modules)
+    return LoraConfig(r=peft.r, lora_alpha=peft.alpha, lora_dropout=peft.dropout, task_type="CAUSAL_LM",
+                      target_modules="all-linear" if modules == ["all-linear"] else modules)
+
+
+def load_trainee(model: str, peft=None):
     """The model to train, in fp32 (master weights; bf16 autocast on GPU), whatever dtype it was saved in; the
-    trainer places it."""
-    return load_causal_lm(model, "float32", to_device="cpu", train=True)
+    trainer places it. A local base is loaded by its absolute path, which a LoRA checkpoint records as its base; an
+    adapter is merged (full training) or refused (LoRA training starts from a full model)."""
+    spec = model_spec(model)
+    if spec.adapter and lora_config(peft):
+        raise InputError(f"{model} is a LoRA adapter: LoRA training (peft.enabled) starts from a full model; "
+                         "merge the adapter into its base first")
+    base = str(Path(spec.base).resolve()) if Path(spec.base).is_dir() else spec.base
+    return load_causal_lm(ModelSpec(base, spec.adapter), "float32", to_device="cpu", train=True)
 
 
 def partial_path(out: Path) -> Path:
@@ -52,7 +72,8 @@ def as_dataset(windows):
 
 
 def train_and_save(trainer, tokenizer, out: Path) -> Path:
-    """Train, save a plain HF folder to OUT.partial, then rename it to OUT (so a folder at OUT is finished).
+    """Train, save a HF folder (an adapter folder for LoRA training) to OUT.partial, then rename it to OUT (so a
+    folder at OUT is finished).
     Every process saves (FSDP gathers the weights); the main one renames."""
     tmp = partial_path(out)
     if trainer.is_world_process_zero():
@@ -70,9 +91,9 @@ def train_and_save(trainer, tokenizer, out: Path) -> Path:
 
 def finetune(model: str, windows, out: str | Path, *, epochs: float = 3, lr: float = 5e-5, batch_size: int = 8,
              seed: int = 0, scheduler: str = "cosine", warmup_steps: float = 0, weight_decay: float = 0.0,
-             grad_accum: int = 1) -> Path:
-    """Fine-tune `model` with CE on `windows` (lists of token ids or a Dataset with `input_ids`);
-    save a plain HF folder at `out`, which appears only when training has finished."""
+             grad_accum: int = 1, peft=None) -> Path:
+    """Fine-tune `model` with CE on `windows` (lists of token ids or a Dataset with `input_ids`), in full or (`peft`
+    enabled) as LoRA adapters; save a HF folder at `out`, which appears only when training has finished."""
     from trl import SFTConfig, SFTTrainer
 
     out = Path(out)
@@ -80,6 +101,6 @@ def finetune(model: str, windows, out: str | Path, *, epochs: float = 3, lr: flo
                            scheduler=scheduler, warmup_steps=warmup_steps, weight_decay=weight_decay,
                            grad_accum=grad_accum)
     tokenizer = load_tokenizer(model)
-    trainer = SFTTrainer(model=load_trainee(model), args=config,
-                         train_dataset=as_dataset(windows), processing_class=tokenizer)
+    trainer = SFTTrainer(model=load_trainee(model, peft), args=config, train_dataset=as_dataset(windows),
+                         processing_class=tokenizer, peft_config=lora_config(peft))
     return train_and_save(trainer, tokenizer, out)
