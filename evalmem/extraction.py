@@ -191,8 +191,9 @@ def summarize(settings: dict, metas: list[dict]) -> dict:
     screen) each length's in `profile`."""
     longest = settings["prefix_len"][-1] if isinstance(settings["prefix_len"], list) else settings["prefix_len"]
     runner.require_examples(settings, metas, longest + settings["suffix_len"])
-    lens = sorted(metas[0]["stats"], key=int)
-    totals = {k: {f: sum(m["stats"][k][f] or 0 for m in metas) for f in metas[0]["stats"][k]} for k in lens}
+    filled = [m["stats"] for m in metas if m["stats"]]  # a shard of only short examples has no stats
+    lens = sorted(filled[0], key=int)
+    totals = {k: {f: sum(st[k][f] or 0 for st in filled) for f in filled[0][k]} for k in lens}
     mode, suffix_len = settings["mode"], settings["suffix_len"]
     approx = mode in ("decode", "auto")
     rows = {k: length_summary(t, mode, settings) for k, t in totals.items()}

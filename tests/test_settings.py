@@ -26,7 +26,7 @@ def test_options_come_from_the_fields():
 @pytest.mark.parametrize("make, message", [
     (lambda: OutputSpec(out=""), "--out is empty"),
     (lambda: OutputSpec(out="o", shard="4/3"), "--shard must be I/N"),
-    (lambda: ExtractSettings(model="m", prefix_len=0), "--prefix-len must be positive"),
+    (lambda: ExtractSettings(model="m", prefix_lens=(0,)), "--prefix-len must be positive"),
     (lambda: GenerateSettings(model="m", temperature=float("inf")), "--temperature must be a finite number"),
 ])
 def test_checks_across_fields(make, message):
