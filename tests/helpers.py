@@ -4,6 +4,7 @@ result directories in evalmem's formats."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -161,6 +162,13 @@ def flip_byte(path, column: str) -> None:
     path.write_bytes(bytes(damaged))
 
 
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def parquet(path, columns):

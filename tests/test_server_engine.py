@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+
+from helpers import free_port
 
 CONFIGS = Path(__file__).parent.parent / "serve_configs"
 
@@ -27,9 +28,7 @@ class Server:
         self.model, self.log, self.args, self.proc, self.url = model, log, args, None, None
 
     def start(self, timeout: float = 300) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--config", CONFIGS / "tiny-cpu.yaml",
                "--model", self.model, "--port", port, *self.args]
         with open(self.log, "ab") as log:
@@ -105,9 +104,7 @@ def test_other_model_or_no_server_is_refused(server, tiny, tmp_path, invoke):
     result = invoke("extract", "--model", tiny.base, "--data", tiny.data, "--out", tmp_path / "a",
                     *served(server), code=2)
     assert f"serves {tiny.model}" in result.output and f"not --model {tiny.base}" in result.output
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        closed = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    closed = f"http://127.0.0.1:{free_port()}/v1"
     result = invoke("extract", "--model", tiny.model, "--data", tiny.data, "--out", tmp_path / "b", "--engine",
                     "server", "--base-url", closed, code=2)
     assert result.output.startswith(f"Error: cannot reach the vLLM server at {closed}") \

@@ -4,14 +4,41 @@ Each `generate` call is one Ray Data job: the prompts (token ids, `tokenized_pro
 stream through an autoscaling pool of vLLM engine replicas, one per `tensor_parallel_size` GPUs of the
 cluster (one CPU replica where the cluster has no GPU), and come back in order. Replicas start per call:
 give `extract --engine ray` a large `--shard-size` so that each job amortizes their start-up. Connects to
-the cluster named by RAY_ADDRESS (`ray start --head` / `ray start --address ...`), else starts a local one.
-Needs the optional extra: `pip install 'evalmem[ray]'`.
+the cluster named by RAY_ADDRESS (`ray start --head` prints it; `auto`: the one started on this machine), else
+starts a local one of its own. Needs the optional extra: `pip install 'evalmem[ray]'`.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import socket
+
 from evalmem.engines import EngineOptions
-from evalmem.errors import InputError
+from evalmem.errors import InputError, first_line
+
+PROBE_SECONDS = 10  # Ray itself retries an unreachable head for about 13 minutes before it gives up
+
+
+def probe(address: str) -> None:
+    """A one-line InputError unless something listens at RAY_ADDRESS when it names a head's host:port."""
+    host, _, port = address.rpartition(":")
+    if not host or "://" in address or not port.isdigit():  # auto, local, ray://: Ray resolves them
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_SECONDS).close()
+    except OSError as exc:
+        raise InputError(f"no Ray cluster at RAY_ADDRESS={address} ({first_line(exc)}): start one with "
+                         "`ray start --head` or unset RAY_ADDRESS") from exc
+
+
+def connect(ray, address: str) -> None:
+    """Join the cluster at `address`, else (empty) start a local instance, never one found by guessing."""
+    try:  # logging_level: Ray's progress lines are INFO; evalmem reports its own
+        ray.init(address=address or "local", log_to_driver=False, logging_level=logging.WARNING)
+    except ConnectionError as exc:
+        raise InputError(f"cannot join the Ray cluster at RAY_ADDRESS={address}: {first_line(exc)} (a cluster "
+                         "with token authentication also needs RAY_AUTH_MODE=token and its token)") from exc
 
 
 class RayEngine:
@@ -21,13 +48,15 @@ class RayEngine:
         if options.model.adapter:
             raise InputError(f"--engine ray does not apply LoRA adapters ({options.model.adapter}): use --engine vllm "
                              "or hf, or a merged copy of the adapter as --model")
+        address = os.environ.get("RAY_ADDRESS", "").strip()
+        probe(address)
         try:
             import ray
             from ray.data.llm import build_processor, vLLMEngineProcessorConfig
         except ImportError as exc:
             raise InputError(f"--engine ray needs Ray Data: pip install 'evalmem[ray]' ({exc})") from exc
         if not ray.is_initialized():
-            ray.init(log_to_driver=False)  # the cluster at RAY_ADDRESS, else a local one
+            connect(ray, address)
         gpus = int(ray.cluster_resources().get("GPU", 0))
         replicas = max(1, gpus // options.tensor_parallel_size)
         engine_kwargs = dict(dtype=options.dtype, tensor_parallel_size=options.tensor_parallel_size,

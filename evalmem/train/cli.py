@@ -33,6 +33,9 @@ def recipe_options(f):
 def open_recipe(recipe_path: str, seed: int | None, out: str | None, sets: tuple[str, ...],
                 run: str) -> tuple[Recipe, Path]:
     """The recipe with overrides and seed applied, and the checkpoint folder (refused if it exists)."""
+    from evalmem.train.finetune import check_launch
+
+    check_launch()
     recipe = with_seed(load_recipe(recipe_path, sets), seed)
     out = Path(out or recipe.out_path / run.format(seed=recipe.seed))
     if out.exists():

@@ -44,6 +44,9 @@ class SoftKDTrainer(GKDTrainer):
         v = self.vocab_size
         loss = soft_kd_loss(student.logits[:, :-1, :v], teacher.logits[:, :-1, :v], inputs["labels"][:, 1:],
                             self.temperature, num_items_in_batch)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            # num_items_in_batch counts every process's tokens and DDP averages the gradients (as Trainer's own loss)
+            loss = loss * self.accelerator.num_processes
         return (loss, student) if return_outputs else loss
 
 

@@ -8,6 +8,7 @@ Used for the teacher, the baselines and (on the teacher's corpus) the hard-label
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -21,8 +22,8 @@ def device_flags() -> dict:
     """TRL configs default to GPU settings; pick them per device."""
     cuda = torch.cuda.is_available()
     return {"use_cpu": not cuda, "bf16": cuda and torch.cuda.is_bf16_supported(), "fp16": False,
-            "gradient_checkpointing": False, "report_to": [], "save_strategy": "no", "logging_steps": 10,
-            "disable_tqdm": True}
+            "gradient_checkpointing": False, "ddp_find_unused_parameters": False, "report_to": [],
+            "save_strategy": "no", "logging_steps": 10, "disable_tqdm": True}
 
 
 def training_args(config_cls, out: Path, *, epochs: float, lr: float, batch_size: int, seed: int, scheduler: str,
@@ -71,6 +72,14 @@ def as_dataset(windows):
     return Dataset.from_dict({"input_ids": [list(map(int, w)) for w in windows]})
 
 
+def check_launch() -> None:
+    """Refuse the FSDP config without GPUs: accelerate shards only over GPUs and, given its config on CPU, trains
+    unsharded without a word (data parallel under the trainer's CPU flag, else every process alone)."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and not torch.cuda.is_available():
+        raise InputError("the FSDP config needs GPUs (accelerate shards only over them): on CPU launch with "
+                         "--config_file recipes/accelerate/cpu-ddp.yaml")
+
+
 def train_and_save(trainer, tokenizer, out: Path) -> Path:
     """Train, save a HF folder (an adapter folder for LoRA training) to OUT.partial, then rename it to OUT (so a
     folder at OUT is finished).
@@ -81,6 +90,7 @@ def train_and_save(trainer, tokenizer, out: Path) -> Path:
     trainer.accelerator.wait_for_everyone()
     trainer.train()
     trainer.save_model(str(tmp))
+    trainer.save_state()  # trainer_state.json: the logged losses, kept with the checkpoint (main process only)
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(tmp))
         shutil.rmtree(out, ignore_errors=True)
