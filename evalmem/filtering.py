@@ -20,7 +20,7 @@ from evalmem.data import load_source
 from evalmem.errors import InputError, first_line
 from evalmem.predict import feature_table, matrix
 from evalmem.settings import DataSpec, FilterSettings
-from evalmem.store import read_results, write_atomic, write_json
+from evalmem.store import make_dir, read_results, write_atomic, write_json
 
 
 def risk_scores(predictor: str, features: str) -> tuple[list, np.ndarray, str]:
@@ -76,6 +76,7 @@ def filter_run(predictor: str, features: str, data: DataSpec, out: str, selectio
     if "id" not in table.column_names:  # keep the original ids so results on OUT join results on DATA
         table = table.append_column("id", pa.array(source.ids))
     kept = table.filter(pa.array([i not in dropped for i in source.ids]))
+    make_dir(Path(out).parent)
     write_atomic(out, lambda tmp: write_rows(kept, tmp, Path(out).suffix))
     return {"out": str(out), "n_input": table.num_rows, "n_scored": len(risk), "n_dropped": len(dropped),
             "n_kept": kept.num_rows, "random": selection.random}

@@ -63,7 +63,7 @@ def uninterrupted(tiny, tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # its event loop must not outlive the module: other tests run asyncio
 def browser():
     """Headless Chromium (the system's, driven by Playwright; nothing downloaded). Skipped where there is none,
     unless EVALMEM_REQUIRE_BROWSER is set (CI), where its absence fails the tests."""

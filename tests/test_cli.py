@@ -322,10 +322,13 @@ def test_ctrl_c_exits_130_and_says_how_to_resume(tiny, tmp_path):
     import time
 
     out = tmp_path / "r"
-    args = ["extract", "--model", tiny.model, "--data", tiny.data, "--engine", "hf", "--batch-size", 1,
+    rows = [json.loads(line) for line in open(tiny.data)]
+    data = write_jsonl(tmp_path / "d.jsonl", [{"id": f"{k}-{r['id']}", "input_ids": r["input_ids"]}
+                                              for k in range(16) for r in rows])  # long enough to outlast a slow start
+    args = ["extract", "--model", tiny.model, "--data", data, "--engine", "hf", "--batch-size", 1,
             "--shard-size", 2, "--out", out]
     proc = subprocess.Popen([sys.executable, "-m", "evalmem", *map(str, args)], stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 180
+    deadline = time.time() + 600
     while not list((out / "shards").glob("*.parquet")) and time.time() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
