@@ -327,7 +327,9 @@ def test_ctrl_c_exits_130_and_says_how_to_resume(tiny, tmp_path):
                                               for k in range(16) for r in rows])  # long enough to outlast a slow start
     args = ["extract", "--model", tiny.model, "--data", data, "--engine", "hf", "--batch-size", 1,
             "--shard-size", 2, "--out", out]
-    proc = subprocess.Popen([sys.executable, "-m", "evalmem", *map(str, args)], stderr=subprocess.PIPE, text=True)
+    # SIGINT handled as in a terminal's job: a background shell (`cmd &`, e.g. CI's) starts children ignoring it
+    proc = subprocess.Popen([sys.executable, "-m", "evalmem", *map(str, args)], stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 600
     while not list((out / "shards").glob("*.parquet")) and time.time() < deadline:
         time.sleep(0.05)

@@ -181,7 +181,8 @@ def test_labels_of_the_sets(explore, data):
     labels = page.eval_on_selector_all("#evx-set option", "os => os.map(o => o.textContent)")
     n = {name: len(ids) for name, ids in data["sets"].items()}
     assert f"inherited by hard (teacher-only) ({n['inherited:hard']})" in labels
-    assert labels.index(f"teacher only ({n['teacher_only']})") < labels.index(f"memorized by soft ({n['memorized:soft']})")
+    soft = f"memorized by soft ({n['memorized:soft']})"
+    assert labels.index(f"teacher only ({n['teacher_only']})") < labels.index(soft)
 
 
 def test_integer_ids_missing_rows_and_nothing_memorized(explore):

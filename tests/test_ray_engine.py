@@ -37,7 +37,8 @@ class Cluster:
 
     def start(self, timeout: float = 180) -> None:
         ray = Path(sys.executable).with_name("ray")
-        cmd = [ray, "start", "--head", "--block", f"--port={self.port}", f"--ray-client-server-port={free_port()}",
+        cmd = [ray, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={self.port}",
+               f"--ray-client-server-port={free_port()}",
                f"--dashboard-agent-listen-port={free_port()}", "--include-dashboard=false", "--num-cpus=2",
                "--disable-usage-stats", f"--temp-dir={self.root}"]  # a short path: Ray's sockets live under it
         log = self.root / "ray-start.log"
