@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import TIMING, free_port, invoke_cli, one_line_error, rows
+from helpers import TIMING, free_port, invoke_cli, one_line_error, rows, run_cli
 
 pytestmark = pytest.mark.slow
 GENERATE = ["--prefix-len", 50, "--max-new-tokens", 50]
@@ -95,13 +95,19 @@ def invoke_job(command, tiny, *args):
     return invoke_cli(command, "--model", tiny.model, "--data", tiny.data, *JOB, *args)
 
 
+def ray_job(command, tiny, *args):
+    """The job with `--engine ray` in a fresh process: Ray reads RAY_AUTH_* once, when first imported (vLLM
+    imports it in this one before the cluster exists)."""
+    return run_cli(command, "--model", tiny.model, "--data", tiny.data, *JOB, *args, "--engine", "ray")
+
+
 def summary(out) -> dict:
     return {k: v for k, v in json.loads((out / "summary.json").read_text()).items() if k not in TIMING | {"engine"}}
 
 
 @pytest.mark.parametrize("command, args", [("extract", []), ("generate", GENERATE)])
 def test_ray_equals_vllm_row_for_row(cluster, tiny, vllm_runs, tmp_path, command, args):
-    invoke_job(command, tiny, *args, "--engine", "ray", "--out", tmp_path / "ray")
+    ray_job(command, tiny, *args, "--out", tmp_path / "ray")
     assert rows(tmp_path / "ray") == rows(vllm_runs / command)
     assert summary(tmp_path / "ray") == summary(vllm_runs / command)
     if command == "extract":
@@ -111,8 +117,8 @@ def test_ray_equals_vllm_row_for_row(cluster, tiny, vllm_runs, tmp_path, command
 def test_driver_killed_mid_run_then_resumed(cluster, tiny, vllm_runs, tmp_path):
     """SIGKILL the driver (`evalmem extract --engine ray`, the Ray job) once its first of two shards is on disk;
     the rerun joins the same cluster, computes the other shard and gives the uninterrupted rows."""
-    out, sharded = tmp_path / "run", ["--shard-size", 8, "--engine", "ray", "--out", tmp_path / "run"]
-    args = ["extract", "--model", tiny.model, "--data", tiny.data, *JOB, *sharded]
+    out, sharded = tmp_path / "run", ["--shard-size", 8, "--out", tmp_path / "run"]
+    args = ["extract", "--model", tiny.model, "--data", tiny.data, *JOB, *sharded, "--engine", "ray"]
     proc = subprocess.Popen([sys.executable, "-m", "evalmem", *map(str, args)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
@@ -122,7 +128,7 @@ def test_driver_killed_mid_run_then_resumed(cluster, tiny, vllm_runs, tmp_path):
     proc.wait()
     assert len(list((out / "shards").glob("*.parquet"))) == 1
     assert not (out / "summary.json").exists() and not (out / "results.parquet").exists()
-    invoke_job("extract", tiny, *sharded)
+    ray_job("extract", tiny, *sharded)
     assert rows(out) == rows(vllm_runs / "extract")
 
 
