@@ -17,6 +17,7 @@ from evalmem.engines import EngineOptions, EnginePool
 from evalmem.errors import InputError
 from evalmem.runner import open_engine_job
 from evalmem.settings import DataSpec, ExtractSettings, OutputSpec
+from evalmem.store import longest_prefix
 
 APPROX_THRESHOLD = 0.1  # "approximate" memorization: normalized edit distance within 10%
 NOT_DECODED = {"token_accuracy": pa.float64(), "edit_distance": pa.float64(), "approx_match": pa.bool_(),
@@ -126,11 +127,13 @@ def _sum(table: pa.Table, column: str) -> int:
 def screen_builder(run, job: ExtractSettings, dtype: str):
     """The rows of --mode screen (`evalmem.profile`) for this job: the engine's one pass, membership scores with
     the tokenizer and the reference model (loaded once, on first use)."""
-    from evalmem.models import load_causal_lm
+    from evalmem.models import load_causal_lm, prepack
     from evalmem.screen import near_tie_tolerance
 
     screen = job.screen_settings()
-    reference = runner.LazyEngine(lambda: load_causal_lm(screen["reference"], dtype)) if screen["reference"] else None
+    reference = None
+    if screen["reference"]:
+        reference = runner.LazyEngine(lambda: prepack(load_causal_lm(screen["reference"], dtype)))
 
     def build(get_engine, windows: Windows) -> dict:
         full = np.concatenate([windows.prefix, windows.suffix], axis=1)
@@ -189,7 +192,7 @@ def extract_run(job: ExtractSettings, data: DataSpec, output: OutputSpec, option
 def summarize(settings: dict, metas: list[dict]) -> dict:
     """summary.json of an extraction run: the counts of the longest prefix length, and with several (--mode
     screen) each length's in `profile`."""
-    longest = settings["prefix_len"][-1] if isinstance(settings["prefix_len"], list) else settings["prefix_len"]
+    longest = longest_prefix(settings)
     runner.require_examples(settings, metas, longest + settings["suffix_len"])
     filled = [m["stats"] for m in metas if m["stats"]]  # a shard of only short examples has no stats
     lens = sorted(filled[0], key=int)

@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from evalmem import runner, scores
 from evalmem.data import check_vocabulary, cut_windows, load_source, token_lists
 from evalmem.errors import InputError
-from evalmem.models import (context_length, device, load_causal_lm, load_tokenizer, model_config, resolve_dtype,
-                            vocab_size)
+from evalmem.models import (context_length, device, load_causal_lm, load_tokenizer, model_config, prepack,
+                            resolve_dtype, vocab_size)
 from evalmem.runner import LazyEngine, open_job
 from evalmem.settings import FEATURES, DataSpec, FeatureSettings, OutputSpec
 from evalmem.store import write_json
@@ -75,7 +75,7 @@ def features_run(job: FeatureSettings, data: DataSpec, output: OutputSpec) -> di
     run = open_job("features", models={"teacher": job.teacher, "baseline": job.baseline}, data=data, output=output,
                    job=job, dtype=job.dtype, settings={"suffix_len": job.suffix_len, "min_k": job.min_k},
                    need_tokenizer=True, results="features.parquet")
-    run.engine = LazyEngine(lambda: tuple(load_causal_lm(m, run.dtype) for m in (job.teacher, job.baseline)))
+    run.engine = LazyEngine(lambda: tuple(prepack(load_causal_lm(m, run.dtype)) for m in (job.teacher, job.baseline)))
 
     def work(get_models, start, stop):
         windows = run.windows(start, stop)
@@ -133,7 +133,7 @@ def perplexity_run(models: list[tuple[str, str]], data: DataSpec, window_len: in
     result = {"data": data.path, "data_fingerprint": source.fingerprint, "window_len": window_len,
               "n_windows": len(windows.example_ids), "n_skipped_short": windows.n_short, "models": {}}
     for name, path in models:
-        model = load_causal_lm(path, resolve_dtype(configs[path], dtype))
+        model = prepack(load_causal_lm(path, resolve_dtype(configs[path], dtype)))
         nll = nll_sum(model, windows.prefix, batch_size) / tokens
         result["models"][name] = {"model": path, "mean_nll": nll, "perplexity": float(np.exp(nll))}
     write_json(out, result)

@@ -148,6 +148,27 @@ def load_causal_lm(name: str | ModelSpec, dtype: str = "auto", to_device: str | 
     return model.train() if train else model.eval()
 
 
+def prepack(model):
+    """`model` (in eval mode) with its body's nn.Linear layers replaced by oneDNN linears holding pre-packed
+    weights: faster matrix products for CPU inference where torch's default BLAS is slower than oneDNN
+    (docs/benchmarks.md). The lm_head stays an nn.Linear (evalmem.scores reads its weight). Unchanged on a GPU, in
+    16-bit dtypes (oneDNN's bf16 path needs AVX-512), or with an adapter applied by peft (its layers wrap the base
+    ones)."""
+    import torch
+    from torch.utils.mkldnn import MkldnnLinear
+
+    weight = model.get_output_embeddings().weight
+    if weight.device.type != "cpu" or weight.dtype != torch.float32 or not torch.backends.mkldnn.is_available() \
+            or hasattr(model, "peft_config"):
+        return model
+    body = model.get_decoder()
+    for parent in list(body.modules()):
+        for name, child in parent.named_children():
+            if type(child) is torch.nn.Linear:
+                setattr(parent, name, MkldnnLinear(child, torch.float32))
+    return model
+
+
 def merged_copy(spec: ModelSpec, dtype: str = "auto"):
     """The adapter merged into its base's weights, saved with its tokenizer in a temporary folder (a
     `tempfile.TemporaryDirectory`: `.name`, `.cleanup()`), for an engine that cannot apply it itself."""

@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from evalmem.errors import InputError
-from evalmem.models import (context_length, load_causal_lm, load_tokenizer, model_config, model_fingerprint,
+from evalmem.models import (context_length, load_causal_lm, load_tokenizer, model_config, model_fingerprint, prepack,
                             resolve_dtype)
 
 
@@ -26,6 +26,23 @@ def test_config_dtype_and_context(tiny):
     assert resolve_dtype(config, "bfloat16") == "bfloat16"
     model = load_causal_lm(tiny.model, "bfloat16")
     assert next(model.parameters()).dtype.is_floating_point and not model.training
+
+
+def test_prepacked_body_gives_the_same_logits(tiny, lora):
+    import torch
+
+    ids = torch.arange(1, 60)[None].repeat(3, 1) % 200
+    with torch.inference_mode():
+        plain = load_causal_lm(tiny.model, "float32")(input_ids=ids).logits
+        packed = prepack(load_causal_lm(tiny.model, "float32"))
+        assert not any(type(m) is torch.nn.Linear for m in packed.get_decoder().modules())
+        assert type(packed.get_output_embeddings()) is torch.nn.Linear  # evalmem.scores reads its weight
+        torch.testing.assert_close(packed(input_ids=ids).logits, plain, rtol=1e-4, atol=1e-4)
+        half = load_causal_lm(tiny.model, "bfloat16")  # oneDNN's bf16 path needs AVX-512: left as it is
+        assert any(type(m) is torch.nn.Linear for m in prepack(half).get_decoder().modules())
+        with_adapter = load_causal_lm(lora.adapter, "float32")  # peft's layers wrap the base ones: left as they are
+        assert prepack(with_adapter) is with_adapter and any(
+            type(m) is torch.nn.Linear for m in with_adapter.get_base_model().model.modules())
 
 
 def test_loading_failures_are_one_line(tmp_path):

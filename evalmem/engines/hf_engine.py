@@ -5,14 +5,14 @@ from __future__ import annotations
 import torch
 
 from evalmem.engines import EngineOptions
-from evalmem.models import load_causal_lm
+from evalmem.models import load_causal_lm, prepack
 
 
 class HFEngine:
     name = "hf"
 
     def __init__(self, options: EngineOptions):
-        self.model = load_causal_lm(options.model, options.dtype)  # an adapter: applied by peft, as trained
+        self.model = prepack(load_causal_lm(options.model, options.dtype))  # an adapter: applied by peft, as trained
         self.info = {"adapter": {"applied": "peft"}} if options.model.adapter else {}
         self.model.generation_config.eos_token_id = None  # never stop early (generate merges the model's own)
         self.batch_size = options.batch_size
