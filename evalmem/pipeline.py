@@ -20,7 +20,7 @@ is skipped when its output is already complete, so a killed pipeline continues f
     compare          evalmem compare
     report           evalmem report                               -> OUT/report.html, ends with the paper table
 
-Stages run as `python -m evalmem ...` / `python -m evalmem.train ...` subprocesses (the commands above).
+Stages run as `python -m evalmem ...` / `python -m train ...` subprocesses (the commands above).
 OUT/recipe.yaml holds the resolved recipe every stage reads; OUT/pipeline.json each stage's status and time.
 """
 

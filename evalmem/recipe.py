@@ -2,7 +2,7 @@
 
     out: runs/NAME            # OUT/teacher, OUT/baseline-seedS, OUT/soft, OUT/hard; the corpus in OUT/corpus
     seed: 0
-    prepare:  {builder, ...}  # offline recipes: build tokenizer, base models and data (evalmem.train.prepare)
+    prepare:  {builder, ...}  # offline recipes: build tokenizer, base models and data (train.prepare)
     data:     {path, config, split, text_column, limit, window_len, heldout, ...}   # heldout: utility
     teacher:  {model, epochs, lr, scheduler, warmup_steps, weight_decay, batch_size, grad_accum}
     student:  {the same keys; used by the baselines and both students}
@@ -102,7 +102,7 @@ class Training:
 
 
     def trainer_settings(self, seed: int) -> dict:
-        """What the trainers take (`evalmem.train.finetune.training_args`): all but the model, and the seed."""
+        """What the trainers take (`train.finetune.training_args`): all but the model, and the seed."""
         return {**{k: v for k, v in dataclasses.asdict(self).items() if k != "model"}, "seed": seed}
 
 

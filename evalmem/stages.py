@@ -11,7 +11,7 @@ from evalmem.recipe import Data, Evaluate, Recipe
 @dataclass
 class Stage:
     name: str
-    argv: list[str]  # after `python -m`: a module (evalmem, evalmem.train) and its arguments
+    argv: list[str]  # after `python -m`: a module (evalmem, train) and its arguments
     done: Path  # exists once the stage has finished
     optional: bool = False  # the pipeline goes on without it (e.g. a predictor with no positive example)
 
@@ -31,7 +31,7 @@ def engine_args(ev: Evaluate) -> list[str]:
 
 def training_stages(recipe: Recipe, rec: list[str], baselines: dict[str, int]) -> list[Stage]:
     """prepare (offline recipes), teacher, baselines, corpus, soft, hard."""
-    out, train = recipe.out_path, ["evalmem.train"]
+    out, train = recipe.out_path, ["train"]
     found = [Stage("prepare", [*train, "prepare", *rec], out / "base" / "prepared.json")] \
         if recipe.prepare.builder else []
     found.append(Stage("teacher", [*train, "finetune", "--run", "teacher", *rec], out / "teacher"))
@@ -89,7 +89,7 @@ def risk_stages(recipe: Recipe, recipe_file: Path) -> list[Stage]:
         for student in rf.students:
             model = where / f"{student}-{kind}"
             local = [f"data.path={kept}", "data.config=null", "data.limit=null"]  # the kept rows, all of them
-            found.append(Stage(f"{student}-{kind}", ["evalmem.train", f"distill-{student}", "--recipe",
+            found.append(Stage(f"{student}-{kind}", ["train", f"distill-{student}", "--recipe",
                                                      str(recipe_file), *[x for v in local for x in ("--set", v)],
                                                      "--out", str(model)], model))
             found.append(extract_stage(recipe, f"{student}-{kind}", model,

@@ -78,7 +78,7 @@ def build(work: Path, size: str, length: int, count: int, epochs: int) -> tuple[
     """The fine-tuned model of `size` (SmolLM2: as pretrained) and `count` windows, built once under `work`."""
     from transformers import AutoTokenizer
 
-    from evalmem.train.finetune import finetune
+    from train.finetune import finetune
 
     root = work / size
     tokenizer_dir = root / ("model" if size == "smollm2" else "tokenizer")

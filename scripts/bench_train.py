@@ -44,8 +44,8 @@ def bench_steps(teacher: str, student: str, windows, batch_size: int, repeats: i
     from trl import SFTConfig, SFTTrainer
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    from evalmem.train.distill_soft import GKDConfig, SoftKDTrainer, load_teacher, shared_vocabulary
-    from evalmem.train.finetune import as_dataset, load_trainee, training_args
+    from train.distill_soft import GKDConfig, SoftKDTrainer, load_teacher, shared_vocabulary
+    from train.finetune import as_dataset, load_trainee, training_args
 
     data = as_dataset(windows[:batch_size])
     tok = AutoTokenizer.from_pretrained(student)

@@ -26,7 +26,7 @@ def memorizing_setup(root: str | Path, window: int = 100, n_trained: int = 32, n
     trained windows then `n_unseen` unseen ones (`id`, `input_ids`). Built once: reused if `root` is done."""
     from transformers import AutoTokenizer
 
-    from evalmem.train.finetune import finetune
+    from train.finetune import finetune
 
     root = Path(root)
     verses = kjv_verses()
@@ -58,7 +58,7 @@ def lora_setup(tiny, root: str | Path, epochs: int = 120, lr: float = 1e-2) -> S
 
     from evalmem.models import load_causal_lm
     from evalmem.recipe import Peft
-    from evalmem.train.finetune import finetune
+    from train.finetune import finetune
 
     root = Path(root)
     made = SimpleNamespace(adapter=str(root / "adapter"), merged=str(root / "merged"), head=str(root / "head"),
@@ -95,7 +95,7 @@ def run_cli(*args, check=True, **kwargs):
 
 
 def invoke_cli(*args, code=0, group=None):
-    """Run `evalmem ARGS` (or another click `group`, e.g. evalmem.train.cli.main) in this process, reusing the
+    """Run `evalmem ARGS` (or another click `group`, e.g. train.cli.main) in this process, reusing the
     session's vLLM engine; check the exit code."""
     from click.testing import CliRunner
 

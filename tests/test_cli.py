@@ -272,11 +272,11 @@ def test_bad_input_matrix(tiny, tmp_path, command, case):
     group = args[0] == "train"
     args = args[1:] if group else args
     if (command, case) in IN_SUBPROCESS:
-        proc = subprocess.run([sys.executable, "-m", "evalmem.train" if group else "evalmem", *map(str, args)],
+        proc = subprocess.run([sys.executable, "-m", "train" if group else "evalmem", *map(str, args)],
                               capture_output=True, text=True)
         code, output = proc.returncode, proc.stderr
     else:
-        from evalmem.train.cli import main as train_main
+        from train.cli import main as train_main
 
         result = invoke_cli(*args, code=2, group=train_main if group else None)
         code, output = result.exit_code, result.output

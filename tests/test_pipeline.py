@@ -97,7 +97,7 @@ def test_prepare_builds_tokenizer_models_and_duplicated_windows(tmp_path):
     from transformers import AutoModelForCausalLM
 
     from helpers import invoke_cli
-    from evalmem.train.cli import main as train_main
+    from train.cli import main as train_main
 
     def prepare(out):
         sizes = {"out": out, "prepare.train_windows": 40, "prepare.heldout_windows": 4,

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from helpers import RECIPES, free_port, invoke_cli
 
 from evalmem.tiny import write_jsonl
-from evalmem.train.distill_soft import soft_kd_loss
+from train.distill_soft import soft_kd_loss
 
 RECIPE = RECIPES / "tiny.yaml"
 TRAINERS = {"teacher": ["finetune", "--run", "teacher"], "soft": ["distill-soft"], "hard": ["distill-hard"]}
@@ -31,7 +31,7 @@ ACCUMULATE = {**HALF_BATCH, "teacher.grad_accum": 2, "student.grad_accum": 2}
 
 def train_cli(*args, code=0):
     """Run `evalmem-train ARGS` in this process; check the exit code."""
-    from evalmem.train.cli import main
+    from train.cli import main
 
     return invoke_cli(*args, code=code, group=main)
 
@@ -173,7 +173,7 @@ def test_two_processes_train_as_one(setup, single, tmp_path, invoke, run):
     reproduces its windows). (Against one process with whole batches the losses drift apart after ~30 steps of
     memorization at lr 3e-3, as they do between whole and accumulated batches in one process: summation order.)"""
     launch = [Path(sys.executable).with_name("accelerate"), "launch", "--config_file",
-              RECIPES / "accelerate" / "cpu-ddp.yaml", "--main_process_port", free_port(), "-m", "evalmem.train"]
+              RECIPES / "accelerate" / "cpu-ddp.yaml", "--main_process_port", free_port(), "-m", "train"]
     proc = subprocess.run([str(a) for a in launch + TRAINERS[run] + recipe_args(setup, tmp_path, **HALF_BATCH)],
                           capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -17,7 +17,7 @@ from trl.experimental.gkd import GKDConfig, GKDTrainer  # noqa: E402
 
 from evalmem.errors import InputError  # noqa: E402
 from evalmem.models import load_causal_lm, load_tokenizer, model_config, vocab_size  # noqa: E402
-from evalmem.train.finetune import as_dataset, load_trainee, lora_config, train_and_save, training_args  # noqa: E402
+from train.finetune import as_dataset, load_trainee, lora_config, train_and_save, training_args  # noqa: E402
 
 
 def soft_kd_loss(student_logits, teacher_logits, labels, temperature: float, num_items_in_batch=None):

@@ -10,7 +10,7 @@ import pyarrow.compute as pc
 
 from evalmem.data import check_column_type, load_rows
 from evalmem.errors import InputError
-from evalmem.train.finetune import finetune
+from train.finetune import finetune
 
 
 def load_corpus(corpus: str | Path):

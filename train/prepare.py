@@ -9,7 +9,7 @@
 
 Both cut the KJV's first 16,000 verses into the training windows, OUT/data/train.jsonl (prepare.train_windows
 rows of `id` and `input_ids`), with the duplication structure of real corpora (prepare.duplication,
-evalmem.train.corpus: most windows once, passages copied with Zipf-like counts, exact, shifted and near copies;
+train.corpus: most windows once, passages copied with Zipf-like counts, exact, shifted and near copies;
 recorded in OUT/data/duplication.json), and held-out windows of other text, OUT/data/heldout.jsonl
 (prepare.heldout_windows); the models go to OUT/base/teacher and OUT/base/student. OUT/base/prepared.json is
 written last: its presence means the stage is complete.
@@ -26,8 +26,8 @@ from evalmem.errors import InputError
 from evalmem.recipe import Recipe
 from evalmem.store import write_json
 from evalmem.tiny import build_model, kjv_verses, smollm2, token_windows, train_tokenizer, write_jsonl
-from evalmem.train.corpus import build_corpus
-from evalmem.train.finetune import finetune
+from train.corpus import build_corpus
+from train.finetune import finetune
 
 PRETRAIN_START = 16_000  # verses from here on are pre-training text; the windows come from the start
 
@@ -57,7 +57,7 @@ def prepare(recipe: Recipe) -> dict[str, Path]:
 
 def write_windows(recipe: Recipe, verses: list[str], tokenizer, paths: dict[str, Path]) -> dict:
     """The training windows, with the duplication structure of prepare.duplication, and held-out windows from
-    other text (evalmem.train.corpus), cut from the verses before PRETRAIN_START; the structure is recorded in
+    other text (train.corpus), cut from the verses before PRETRAIN_START; the structure is recorded in
     OUT/data/duplication.json."""
     settings = recipe.prepare
     stream = np.array([t for ids in tokenizer(verses[:PRETRAIN_START], add_special_tokens=False)["input_ids"]

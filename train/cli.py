@@ -1,5 +1,5 @@
 """`evalmem-train prepare|finetune|distill-soft|distill-hard --recipe RECIPE.yaml [--set KEY=VALUE ...]`
-(also `python -m evalmem.train ...`)."""
+(also `python -m train ...`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import click
 from evalmem.errors import InputError, OneLineGroup
 from evalmem.models import load_tokenizer
 from evalmem.recipe import Recipe, load_recipe, with_seed
-from evalmem.train.data import check_context, training_windows
+from train.data import check_context, training_windows
 
 
 def recipe_options(f):
@@ -33,7 +33,7 @@ def recipe_options(f):
 def open_recipe(recipe_path: str, seed: int | None, out: str | None, sets: tuple[str, ...],
                 run: str) -> tuple[Recipe, Path]:
     """The recipe with overrides and seed applied, and the checkpoint folder (refused if it exists)."""
-    from evalmem.train.finetune import check_launch
+    from train.finetune import check_launch
 
     check_launch()
     recipe = with_seed(load_recipe(recipe_path, sets), seed)
@@ -66,7 +66,7 @@ def main():
 def prepare_(recipe, sets):
     """Build an offline recipe's tokenizer, base models and data locally (prepare.builder): OUT/base/teacher,
     OUT/base/student, OUT/data/train.jsonl, OUT/data/heldout.jsonl. Skipped when already complete."""
-    from evalmem.train.prepare import prepare
+    from train.prepare import prepare
 
     for name, path in prepare(load_recipe(recipe, sets)).items():
         click.echo(f"{name}: {path}")
@@ -79,7 +79,7 @@ def prepare_(recipe, sets):
 @recipe_options
 def finetune(run, recipe, seed, out, sets):
     """Fine-tune with cross-entropy on the training windows (TRL SFTTrainer)."""
-    from evalmem.train.finetune import finetune as train
+    from train.finetune import finetune as train
 
     section = "teacher" if run == "teacher" else "student"
     recipe, out = open_recipe(recipe, seed, out, sets, "teacher" if run == "teacher" else "baseline-seed{seed}")
@@ -94,7 +94,7 @@ def finetune(run, recipe, seed, out, sets):
 def distill_soft(recipe, seed, out, sets):
     """Distill the fine-tuned teacher (soft.teacher, default OUT/teacher) into the student with T²-scaled
     forward KL at temperature soft.temperature over the full vocabulary (TRL GKDTrainer)."""
-    from evalmem.train.distill_soft import distill_soft as train, shared_vocabulary
+    from train.distill_soft import distill_soft as train, shared_vocabulary
 
     recipe, out = open_recipe(recipe, seed, out, sets, "soft")
     teacher = recipe.soft.teacher or str(recipe.out_path / "teacher")
@@ -112,7 +112,7 @@ def distill_soft(recipe, seed, out, sets):
 def distill_hard(recipe, seed, out, sets):
     """Train the student with cross-entropy on the teacher's corpus (hard.corpus, default OUT/corpus, made by
     `evalmem generate`), after checking that its rows continue the training windows' prefixes."""
-    from evalmem.train.distill_hard import distill_hard as train, load_corpus
+    from train.distill_hard import distill_hard as train, load_corpus
 
     recipe, out = open_recipe(recipe, seed, out, sets, "hard")
     corpus = recipe.hard.corpus or str(recipe.out_path / "corpus")

@@ -1,4 +1,4 @@
-from evalmem.train.cli import main
+from train.cli import main
 
 if __name__ == "__main__":
     main()
