@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from evalmem.errors import InputError, first_line
+from evalmem.settings import longest_prefix
 from evalmem.store import read_results
 
 PROTOCOL = ("data_fingerprint", "prefix_len", "suffix_len")
@@ -78,7 +79,7 @@ def load_run(name: str, role: str, path: str | Path, prefix_len: int | None = No
     if prefix_len is not None and prefix_len not in lengths:
         raise InputError(f"{path} holds no results at prefix length {prefix_len} (it holds "
                          f"{', '.join(map(str, lengths))})")
-    chosen = lengths[-1] if prefix_len is None else prefix_len
+    chosen = longest_prefix(lengths) if prefix_len is None else prefix_len
     table = read_results(path / "results.parquet", RUN_COLUMNS, prefix_len=chosen)
     summary = json.loads((path / "summary.json").read_text())
     return Run(name, role, path, {**settings, "prefix_len": chosen}, table, summary.get("profile"))

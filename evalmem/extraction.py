@@ -16,8 +16,7 @@ from evalmem.profile import MEMBERSHIP, discoverable_count, membership, screen_r
 from evalmem.engines import EngineOptions, EnginePool
 from evalmem.errors import InputError
 from evalmem.runner import open_engine_job
-from evalmem.settings import DataSpec, ExtractSettings, OutputSpec
-from evalmem.store import longest_prefix
+from evalmem.settings import DataSpec, ExtractSettings, OutputSpec, longest_prefix
 
 APPROX_THRESHOLD = 0.1  # "approximate" memorization: normalized edit distance within 10%
 NOT_DECODED = {"token_accuracy": pa.float64(), "edit_distance": pa.float64(), "approx_match": pa.bool_(),
@@ -192,8 +191,8 @@ def extract_run(job: ExtractSettings, data: DataSpec, output: OutputSpec, option
 def summarize(settings: dict, metas: list[dict]) -> dict:
     """summary.json of an extraction run: the counts of the longest prefix length, and with several (--mode
     screen) each length's in `profile`."""
-    longest = longest_prefix(settings)
-    runner.require_examples(settings, metas, longest + settings["suffix_len"])
+    longest = longest_prefix(settings["prefix_len"])
+    n = runner.require_examples(settings, metas, longest + settings["suffix_len"])
     filled = [m["stats"] for m in metas if m["stats"]]  # a shard of only short examples has no stats
     lens = sorted(filled[0], key=int)
     totals = {k: {f: sum(st[k][f] or 0 for st in filled) for f in filled[0][k]} for k in lens}
@@ -209,7 +208,7 @@ def summarize(settings: dict, metas: list[dict]) -> dict:
     if mode == "screen":
         text["profile"] = [{"prefix_len": int(k), **row} for k, row in rows.items()]
         text["extraction"] = {k: settings[k] for k in ("temperature", "top_k", "extraction_n", "extraction_p")}
-    return runner.summarize(settings, metas, longest + suffix_len, longest + suffix_len, {"model": settings["model"]},
+    return runner.summarize(settings, metas, n, longest + suffix_len, {"model": settings["model"]},
                             engine=settings["engine"], suffix_len=suffix_len, mode=mode, **rows[lens[-1]], **text)
 
 

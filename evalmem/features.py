@@ -92,7 +92,8 @@ def features_run(job: FeatureSettings, data: DataSpec, output: OutputSpec) -> di
 def summarize(settings: dict, metas: list[dict]) -> dict:
     """summary.json of a features run."""
     window = settings["prefix_len"] + settings["suffix_len"]
-    return runner.summarize(settings, metas, window, window, {k: settings[k] for k in ("teacher", "baseline")},
+    n = runner.require_examples(settings, metas, window)
+    return runner.summarize(settings, metas, n, window, {k: settings[k] for k in ("teacher", "baseline")},
                             suffix_len=settings["suffix_len"], features=list(FEATURES), min_k=settings["min_k"],
                             device=",".join(sorted({m["device"] for m in metas})))
 

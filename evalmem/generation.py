@@ -51,6 +51,6 @@ def generate_run(job: GenerateSettings, data: DataSpec, output: OutputSpec, opti
 def summarize(settings: dict, metas: list[dict]) -> dict:
     """summary.json of a generation run (tokens_per_second: new tokens)."""
     new_tokens = settings["max_new_tokens"]
-    return runner.summarize(settings, metas, settings["prefix_len"], new_tokens, {"model": settings["model"]},
-                            engine=settings["engine"], max_new_tokens=new_tokens,
-                            **{k: settings[k] for k in ("temperature", "top_p", "seed")})
+    n = runner.require_examples(settings, metas, settings["prefix_len"])
+    return runner.summarize(settings, metas, n, new_tokens, {"model": settings["model"]}, engine=settings["engine"],
+                            max_new_tokens=new_tokens, **{k: settings[k] for k in ("temperature", "top_p", "seed")})

@@ -26,8 +26,8 @@ import pyarrow.parquet as pq
 from evalmem.analysis import check_protocol, load_run, read_settings
 from evalmem.errors import InputError, first_line
 from evalmem.profile import MEMBERSHIP
-from evalmem.settings import COUNT_FEATURES, DEFAULT_FEATURES, FEATURES, PredictSettings
-from evalmem.store import longest_prefix, make_dir, read_results, write_atomic, write_json
+from evalmem.settings import COUNT_FEATURES, DEFAULT_FEATURES, FEATURES, PredictSettings, longest_prefix
+from evalmem.store import make_dir, read_results, write_atomic, write_json
 
 
 def make_model():
@@ -58,7 +58,7 @@ def feature_table(features_dir, columns, counts_dir=None, scores_dir=None) -> tu
         if where is None:
             raise InputError(f"feature {wanted[0]} needs {what}")
         other = read_settings(Path(where), f"{results}.parquet")
-        longest = longest_prefix(other)
+        longest = longest_prefix(other["prefix_len"])
         check_protocol([(str(features_dir), settings), (str(where), {**other, "prefix_len": longest})])
         extra = read_results(Path(where) / f"{results}.parquet", ["example_id", *wanted], prefix_len=longest)
         feats = feats.join(extra, "example_id", join_type="inner")

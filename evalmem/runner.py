@@ -173,11 +173,9 @@ def require_examples(settings: dict, metas: list[dict], window_tokens: int) -> i
     return n
 
 
-def summarize(settings: dict, metas: list[dict], window_tokens: int, tokens_per_example: int, head: dict,
-              **fields) -> dict:
-    """A run's summary from its settings and shard metadata: `head`, the fields every summary has, then
-    `fields`, and throughput; refuses a run where no example had `window_tokens` tokens."""
-    n = require_examples(settings, metas, window_tokens)
+def summarize(settings: dict, metas: list[dict], n: int, tokens_per_example: int, head: dict, **fields) -> dict:
+    """A run's summary of its `n` examples (`require_examples`) from its settings and shard metadata: `head`, the
+    fields every summary has, then `fields`, and throughput."""
     seconds = sum(m["seconds"] for m in metas)
     return {**head, "data": settings["data"], "split": settings["split"], "n_examples": n,
             "n_skipped_short": sum(m["n_short"] for m in metas), "n_input_rows": metas[0]["n_input_rows"],

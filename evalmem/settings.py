@@ -21,6 +21,12 @@ DEFAULT_FEATURES = FEATURES[:4]  # the paper's four; min_k_logprob is opt-in
 COUNT_FEATURES = ("suffix_count", "window_count")  # from `evalmem dupcount`, opt-in
 
 
+def longest_prefix(prefix_len) -> int:
+    """The longest of a run's prefix lengths (an int, or several with --mode screen): the one its examples are
+    cut to."""
+    return max(prefix_len) if isinstance(prefix_len, (list, tuple)) else prefix_len
+
+
 def option(help: str, **click) -> dict:
     """A field's metadata as an option: its help and click settings (flag, min, choices, envvar, ...)."""
     return {"help": help, **click}
@@ -178,7 +184,7 @@ class ExtractSettings(SuffixWindow):
     @property
     def prefix_len(self) -> int:
         """The longest prefix: every example is cut to it + the suffix."""
-        return max(self.prefix_lens)
+        return longest_prefix(self.prefix_lens)
 
     def screen_settings(self) -> dict:
         """The screen mode's settings, defaults filled in (what the manifest records)."""

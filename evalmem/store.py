@@ -172,13 +172,6 @@ BOOLEAN = ("exact_match", "approx_match", "near_tie")  # result columns of boole
 TOKEN_LISTS = ("generated_ids", "prefix_ids", "suffix_ids")  # lists of token ids; the other columns are numbers
 
 
-def longest_prefix(settings: dict) -> int:
-    """The longest prefix length of a run's settings (a list with several, --mode screen): the one its
-    examples were cut to."""
-    lens = settings["prefix_len"]
-    return max(lens) if isinstance(lens, list) else lens
-
-
 def read_results(path: str | Path, columns, prefix_len: int | None = None) -> pa.Table:
     """`columns` of a result table (results.parquet, features.parquet, or one re-saved by pandas, pyarrow or
     datasets), checked and normalised: readable (page checksums), `example_id` as int64 or string, booleans,
