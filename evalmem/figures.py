@@ -1,10 +1,34 @@
-"""The report's matplotlib figures, rendered to PNG bytes without pyplot's global state."""
+"""The report's matplotlib figures, rendered to PNG bytes without pyplot's global state; ALT says what each
+shows (the report's alternative text)."""
 
 from __future__ import annotations
 
 import io
 
 import numpy as np
+
+ALT = {
+    "rates.png": "Bar chart: each model's exact-match rate in percent of the examples with its 95% interval, and its "
+                 "approximate-match rate where the run computed one.",
+    "overlap.png": "Heat map: for each pair of models, the memorized examples they share (the numbers) and the "
+                   "Jaccard similarity of their memorized sets (the colour).",
+    "token_accuracy.png": "Histograms: how many examples each model continues with each share of correct tokens.",
+    "students.png": "Stacked bars: each student's memorized examples split into easy ones (memorized by the teacher "
+                    "and a baseline), inherited ones (teacher-only) and others.",
+    "copies.png": "Line chart: each model's memorization rate against how often the example's suffix occurs in the "
+                  "training data.",
+    "profile.png": "Line chart: each model's exact-match rate against the prefix length.",
+    "training.png": "Line chart: each model's memorization rate at each saved checkpoint of its training, with 95% "
+                    "intervals.",
+    "training_teacher_only.png": "Line chart: how many of the teacher-only examples (memorized by the teacher, by no "
+                                 "baseline) each model memorizes at each checkpoint of its training.",
+    "roc.png": "ROC curve of the memorization predictor on held-out examples (mean over trials, one standard "
+               "deviation shaded); the diagonal is chance.",
+    "pr.png": "Precision against recall of the memorization predictor at the real base rate (mean over trials, one "
+              "standard deviation shaded); the dashed line is the base rate.",
+    "coefficients.png": "Bar chart: the memorization predictor's standardized coefficient of each feature (mean and "
+                        "standard deviation over trials).",
+}
 
 def png(draw, size=(6.4, 4.0)) -> bytes:
     """Render `draw(ax)` on a new figure (no pyplot state) and return the PNG bytes."""
@@ -18,16 +42,27 @@ def png(draw, size=(6.4, 4.0)) -> bytes:
 
 
 def draw_rates(result):
+    """Exact-match rates with their intervals; approximate-match rates beside them only where computed."""
     def draw(ax):
-        names = list(result["runs"])
+        runs = result["runs"]
+        names = list(runs)
         x = np.arange(len(names))
-        for offset, key, label in ((-0.2, "exact_match_rate", "exact"), (0.2, "approx_match_rate", "approximate")):
-            rates = [result["runs"][n][key] for n in names]  # None: not computed (no full decoding)
-            ax.bar(x + offset, [np.nan if r is None else 100 * r for r in rates], 0.4, label=label)
+        kinds = [("exact_match", "exact")]
+        if any(runs[n]["approx_match_rate"] is not None for n in names):  # None: not computed (no full decoding)
+            kinds.append(("approx_match", "approximate"))
+        width = 0.8 / len(kinds)
+        for i, (key, label) in enumerate(kinds):
+            rates = np.array([np.nan if runs[n][f"{key}_rate"] is None else 100 * runs[n][f"{key}_rate"]
+                              for n in names])
+            bounds = [runs[n].get(f"{key}_interval") for n in names]
+            err = np.array([[r - 100 * b["low"], 100 * b["high"] - r] if b else [0, 0]
+                            for r, b in zip(rates, bounds)]).T
+            ax.bar(x + (i - (len(kinds) - 1) / 2) * width, rates, width, yerr=err, capsize=3, label=label)
         ax.set_xticks(x, names, rotation=30, ha="right")
-        ax.set_ylabel("% of examples memorized")
+        ax.set_ylabel("% of examples memorized (95% interval)")
         ax.set_title("Memorization rate per model")
-        ax.legend()
+        if len(kinds) > 1:
+            ax.legend()
     return draw
 
 
@@ -114,6 +149,42 @@ def draw_profile(profiles: dict):
         ax.set_xlabel("prefix length (tokens)")
         ax.set_ylabel("% of examples extracted exactly")
         ax.set_title("Memorization against prefix length")
+        ax.legend()
+    return draw
+
+
+def series_axis(series: dict) -> str:
+    """Epochs where every checkpoint records one (comparable across models), else steps."""
+    return "epoch" if all(p["epoch"] is not None for points in series.values() for p in points) else "step"
+
+
+def draw_series(series: dict):
+    """Each series' memorization rate per checkpoint with its interval."""
+    axis = series_axis(series)
+
+    def draw(ax):
+        for name, points in series.items():
+            x = [p[axis] for p in points]
+            ax.plot(x, [100 * p["exact_match_rate"] for p in points], marker="o", label=name)
+            ax.fill_between(x, [100 * p["exact_match_interval"]["low"] for p in points],
+                            [100 * p["exact_match_interval"]["high"] for p in points], alpha=0.2)
+        ax.set_xlabel(axis)
+        ax.set_ylabel("% of examples memorized (95% interval)")
+        ax.set_title("Memorization over training")
+        ax.legend()
+    return draw
+
+
+def draw_series_teacher_only(series: dict):
+    """How many teacher-only examples each series memorizes per checkpoint."""
+    axis = series_axis(series)
+
+    def draw(ax):
+        for name, points in series.items():
+            ax.plot([p[axis] for p in points], [p["teacher_only"] for p in points], marker="o", label=name)
+        ax.set_xlabel(axis)
+        ax.set_ylabel("teacher-only examples memorized")
+        ax.set_title("When each model picks up the teacher-only examples")
         ax.legend()
     return draw
 

@@ -13,12 +13,13 @@ from pathlib import Path
 
 from evalmem.analysis import compare, join, load_counts, token_accuracies
 from evalmem.errors import InputError, first_line
-from evalmem.explorer import explorer_section, load_decoder, load_risk, load_tables, set_href, unavailable
-from evalmem.figures import (draw_coefficients, draw_copies, draw_overlap, draw_pr, draw_profile, draw_rates, draw_roc,
-                             draw_students, draw_token_accuracy, png)
+from evalmem.explorer import explorer_section, load_decoder, load_risk, load_tables, unavailable
+from evalmem.figures import (ALT, draw_coefficients, draw_copies, draw_overlap, draw_pr, draw_profile, draw_rates,
+                             draw_roc, draw_series, draw_series_teacher_only, draw_students, draw_token_accuracy, png)
+from evalmem.findings import findings, mode_note
 from evalmem.settings import ReportSettings
 from evalmem.store import make_dir, write_atomic, write_json
-from evalmem.tables import (compare_tables, fmt, html_tables, markdown, ms, pct, predict_tables, summary_tables,
+from evalmem.tables import (compare_tables, html_tables, markdown, predict_tables, summary_tables,
                             utility_table)
 
 def write_compare(out: str | Path, runs, counts: str | None = None) -> dict:
@@ -26,8 +27,17 @@ def write_compare(out: str | Path, runs, counts: str | None = None) -> dict:
     out = make_dir(out)
     joined = join(runs)
     result, ids = compare(joined, load_counts(counts, joined) if counts else None)
-    figures = {"rates.png": draw_rates(result), "overlap.png": draw_overlap(result),
-               "token_accuracy.png": draw_token_accuracy(token_accuracies(joined))}
+    figures = {"rates.png": draw_rates(result)} if result["runs"] else {}
+    if len(result["runs"]) > 1:
+        figures["overlap.png"] = draw_overlap(result)
+    accuracies = token_accuracies([r for r in joined if r.role != "series"])
+    if accuracies:  # only runs that decoded every suffix have token accuracies
+        figures["token_accuracy.png"] = draw_token_accuracy(accuracies)
+    if result.get("series"):
+        figures["training.png"] = draw_series(result["series"])
+        with_teacher_only = {n: s for n, s in result["series"].items() if "teacher_only" in s[0]}
+        if with_teacher_only:
+            figures["training_teacher_only.png"] = draw_series_teacher_only(with_teacher_only)
     if result.get("students"):
         figures["students.png"] = draw_students(result)
     if result.get("by_copies"):
@@ -82,62 +92,10 @@ def figures(compare_dir: Path, result: dict, pred: dict | None) -> dict[str, byt
     return images
 
 
-def count(value, name: str) -> str:
-    """A count of examples in a sentence, linked to those examples in the explorer."""
-    return f'<a href="{html.escape(set_href(name))}">{value}</a>'
-
-
-def listing(parts: list[str]) -> str:
-    return ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else "".join(parts)
-
-
-def labels_name(result: dict, pred: dict) -> str:
-    """The run whose exact matches were the predictor's positives."""
-    labels = str(pred.get("labels_dir"))
-    return next((n for n, r in result["runs"].items() if r.get("dir") == labels), Path(labels).name)
-
-
-def findings(result: dict, pred: dict | None, util: dict | None, risk: dict | None = None
-             ) -> list[tuple[str, str | None]]:
-    """One sentence (HTML) per finding, each with the figure that shows it."""
-    runs, students, sets = result["runs"], result.get("students", {}), result.get("sets", {})
-    e = html.escape
-    rates = [f"{e(n)} reproduces {pct(r['exact_match_rate'])} ({count(r['exact_match_count'], 'memorized:' + n)})"
-             for n, r in runs.items()]
-    found = [(f"Of the {result['n_examples']} training examples, {listing(rates)} exactly from their prefix.",
-              "rates.png")]
-    if students:
-        found.append(("Easy examples (memorized by the teacher and a baseline alike) make up "
-                      + listing([f"{pct(s['easy_share'])} of what {e(n)} memorized ({count(s['easy'], 'easy:' + n)} "
-                                 f"of {s['memorized']})" for n, s in students.items()]) + ".", "students.png"))
-        ratio = result.get("hard_vs_soft", {}).get("ratio")
-        found.append((f"Of the {count(sets['teacher_only'], 'teacher_only')} teacher-only examples (memorized by "
-                      "the teacher, by no baseline), "
-                      + listing([f"{e(n)} inherited {count(s['inherited'], 'inherited:' + n)}"
-                                 for n, s in students.items()])
-                      + (f": the hard student inherits {ratio:.2g}× as many as the soft one." if ratio else "."),
-                      "overlap.png"))
-    if pred:
-        real = pred["base_rate_eval"]
-        found.append((f"A logistic regression on {e(', '.join(pred['features']))}, computed before distillation, "
-                      f"predicts which examples {e(labels_name(result, pred))} memorizes with ROC-AUC "
-                      f"{ms(pred['resampled']['roc_auc'])} on held-out sets (negatives resampled "
-                      f"1:{pred['neg_ratio']:g}); at the real base rate ({pct(real['base_rate']['mean'])}) its "
-                      f"average precision is {ms(real['average_precision'])}.", "roc.png"))
-    if util:
-        found.append(("Held-out perplexity (the utility memorization costs or distillation keeps): "
-                      + listing([f"{e(n)} {fmt(m['perplexity'])}" for n, m in util["models"].items()]) + ".", None))
-    if risk:
-        found.append(("Removing the examples the predictor ranks riskiest before distilling: "
-                      + listing([f"{e(n)} memorizes {r['memorized_after']} of the kept examples (before: "
-                                 f"{r['memorized_before']}; a random removal of the same {r['dropped']}: "
-                                 f"{r['random_control']['memorized_after']})" for n, r in risk.items()]) + ".", None))
-    return found
-
-
 def image(name: str, data: bytes) -> str:
-    return (f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
-            "</figure>")
+    alt = html.escape(ALT.get(name, name), quote=True)
+    return f'<figure><img alt="{alt}" src="data:image/png;base64,{base64.b64encode(data).decode()}"></figure>'
+
 
 
 def headline(result: dict, pred: dict | None, util: dict | None, risk: dict | None, images: dict
@@ -181,7 +139,7 @@ def write_report(compare_dir: str | Path, predict_dir: str | Path | None, out: s
         f"<p>Data: <code>{html.escape(str(result.get('data')))}</code>; {result['n_examples']} examples in "
         f"every run; prefix {protocol.get('prefix_len')} tokens, suffix {protocol.get('suffix_len')} tokens "
         "(greedy decoding must reproduce the suffix exactly). Generated "
-        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.</p>",
+        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.</p>" + mode_note(result),
         '<nav><a href="#headline">Headline</a> · <a href="#figures">Figures</a> · <a href="#explore">Examples</a>'
         ' · <a href="#details">Details</a></nav>',
         top,
@@ -203,7 +161,7 @@ STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:1.5em auto;padding
          "h1{margin-bottom:.2em}nav{margin:.4em 0 1em;font-size:.95em}"
          "table{border-collapse:collapse;margin-bottom:1em}td,th{border:1px solid #ccc;padding:3px 8px;"
          "text-align:right}th{background:#f3f3f3}td:first-child{text-align:left}img{max-width:100%}"
-         "a{color:#0645ad}figure{margin:0}"
+         "a{color:#0645ad}figure{margin:0}.note{color:#555;font-size:.95em}"
          ".findings{display:grid;grid-template-columns:repeat(auto-fill,minmax(460px,1fr));gap:1em}"
          ".finding{border:1px solid #d6d9de;border-radius:4px;padding:.5em .8em}.finding p{margin:.2em 0 .5em;"
          "line-height:1.45}.figures{display:grid;grid-template-columns:repeat(auto-fill,minmax(460px,1fr));gap:1em}")

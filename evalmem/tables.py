@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 
 from evalmem.explorer import set_href
+from evalmem.stats import ALPHA
 
 Table = tuple[str, list[str], list[list]]  # title, header, rows
 
@@ -32,12 +33,49 @@ def pct(value) -> str:
     return "–" if value is None else f"{100 * value:.3g}%"
 
 
+def pct_ci(value, interval: dict | None) -> str:
+    """A rate with its 95% interval in percent: 4.05% [3.31, 4.97]."""
+    if value is None or not interval:
+        return pct(value)
+    return f"{pct(value)} [{100 * interval['low']:.3g}, {100 * interval['high']:.3g}]"
+
+
+def p_value(p: float) -> str:
+    return f"{p:.2g}" if p >= 1e-4 else f"{p:.1e}"
+
+
+def verdict(p: float) -> str:
+    return "distinguishable" if p < ALPHA else "not distinguishable"
+
+
+def difference(d: dict | None) -> str:
+    """A difference of rates in percentage points with its interval."""
+    if not d:
+        return "–"
+    low, estimate, high = (100 * d[k] + 0.0 for k in ("low", "estimate", "high"))  # + 0.0: no "-0"
+    return f"{estimate:+.3g} pp [{low:+.3g}, {high:+.3g}]"
+
+
+def ratio_ci(value, interval: dict | None) -> str:
+    """A ratio with its interval: 34 [6.1, 199], or unbounded above (the denominator memorized none)."""
+    if not interval:
+        return fmt(value)
+    low = f"{interval['low']:.3g}"
+    if interval["unbounded"]:
+        return f"{fmt(value) if value is not None else 'unbounded'} [{low}, unbounded]"
+    return f"{value:.3g} [{low}, {interval['high']:.3g}]"
+
+
 def compare_tables(result: dict) -> list[Table]:
     """The comparison's tables; each count of examples links to those examples (Link)."""
-    tables = [("Memorization per model", ["model", "role", "n", "exact matches", "exact rate", "approx. rate",
-                                          "mean token accuracy"],
-               [[name, r["role"], r["n"], Link(r["exact_match_count"], f"memorized:{name}"), pct(r["exact_match_rate"]),
-                 pct(r["approx_match_rate"]), fmt(r["mean_token_accuracy"])] for name, r in result["runs"].items()])]
+    tables = [("Memorization per model (95% Wilson intervals)",
+               ["model", "role", "n", "exact matches", "exact rate", "approx. rate", "mean token accuracy"],
+               [[name, r["role"], r["n"], Link(r["exact_match_count"], f"memorized:{name}"),
+                 pct_ci(r["exact_match_rate"], r.get("exact_match_interval")),
+                 pct_ci(r["approx_match_rate"], r.get("approx_match_interval")), fmt(r["mean_token_accuracy"])]
+                for name, r in result["runs"].items()])]
+    if result.get("paired"):
+        tables.append(paired_table(result["paired"]))
     if "sets" in result:
         tables.append(("Teacher and baseline sets", ["set", "examples"],
                        [[k, Link(v, k)] for k, v in result["sets"].items()]))
@@ -45,21 +83,52 @@ def compare_tables(result: dict) -> list[Table]:
         tables.append(("Students", ["student", "memorized", "easy", "inherited", "neither", "easy share",
                                     "inherited share", "neither share", "inheritance rate"],
                        [[name, *(Link(s[k], f"{k}:{name}") for k in ("memorized", "easy", "inherited", "neither")),
-                         pct(s["easy_share"]), pct(s["inherited_share"]), pct(s["neither_share"]),
-                         pct(s["inheritance_rate"])] for name, s in result["students"].items()]))
+                         pct_ci(s["easy_share"], s.get("easy_share_interval")), pct(s["inherited_share"]),
+                         pct(s["neither_share"]), pct_ci(s["inheritance_rate"], s.get("inheritance_interval"))]
+                        for name, s in result["students"].items()]))
     if "hard_vs_soft" in result:
         h = result["hard_vs_soft"]
-        tables.append(("Hard vs soft distillation", ["hard inherited", "soft inherited", "ratio"],
-                       [[h["hard_inherited"], h["soft_inherited"], fmt(h["ratio"])]]))
+        t = h["paired"]
+        tables.append(("Hard vs soft distillation on the teacher-only examples (paired)",
+                       ["hard inherited", "soft inherited", "hard only", "soft only", "hard/soft ratio",
+                        "McNemar p", "verdict"],
+                       [[Link(h["hard_inherited"], "inherited:hard"), Link(h["soft_inherited"], "inherited:soft"),
+                         t["a_only"], t["b_only"], ratio_ci(h["ratio"], h.get("ratio_interval")),
+                         p_value(t["p_value"]), verdict(t["p_value"])]]))
     if result.get("by_copies"):
         first = next(iter(result["by_copies"].values()))
         tables.append(("Memorization by copy count of the suffix (memorized / examples)", ["model", *first],
                        [[name, *(f"{c['memorized']} / {c['n']}" for c in cells.values())]
                         for name, cells in result["by_copies"].items()]))
+    tables += [series_table(name, points) for name, points in result.get("series", {}).items()]
     tables.append(("Pairwise overlap of memorized sets", ["a", "b", "intersection", "Jaccard", "overlap coefficient"],
                    [[o["a"], o["b"], o["intersection"], fmt(o["jaccard"]), fmt(o["overlap_coefficient"])]
                     for o in result["overlaps"]]))
     return tables
+
+
+def paired_table(tests: list[dict]) -> Table:
+    """Every pair of runs on their shared examples: who memorized what the other did not, the difference of
+    rates, the exact McNemar test and its Holm adjustment."""
+    return (f"Paired tests (exact McNemar on the examples one run memorized and the other did not; Holm-adjusted over "
+            f"the {len(tests)} pairs)",
+            ["a", "b", "a only", "b only", "difference a − b", "p", "Holm p", "verdict"],
+            [[t["a"], t["b"], t["a_only"], t["b_only"], difference(t["difference"]), p_value(t["p_value"]),
+              p_value(t["p_holm"]), verdict(t["p_holm"])] for t in tests])
+
+
+def series_table(name: str, points: list[dict]) -> Table:
+    """One model over training: each checkpoint's rate, and what it newly memorized and forgot."""
+    teacher_only = "teacher_only" in points[0]
+    return (f"Memorization over training: {name}",
+            ["step", "epoch", "memorized", "rate", "onset", "forgotten", "change p"]
+            + (["teacher-only memorized"] if teacher_only else []),
+            [[p["step"], fmt(p["epoch"]), p["exact_match_count"], pct_ci(p["exact_match_rate"],
+                                                                          p["exact_match_interval"]),
+              Link(p["onset"], f"onset:{p['name']}") if "onset" in p else "–",
+              Link(p["forgotten"], f"forgotten:{p['name']}") if "forgotten" in p else "–",
+              p_value(p["p_value"]) if "p_value" in p else "–"]
+             + ([p["teacher_only"]] if teacher_only else []) for p in points])
 
 
 def ms(d: dict) -> str:
@@ -96,22 +165,32 @@ def summary_tables(result: dict, pred: dict | None, utility: dict | None, risk: 
     for name, run in result["runs"].items():
         student = students.get(name)
         if student:
-            easy, share = Link(student["easy"], f"easy:{name}"), student["easy_share"]
+            easy, share = Link(student["easy"], f"easy:{name}"), pct_ci(student["easy_share"],
+                                                                      student.get("easy_share_interval"))
         elif run["role"] == "teacher" and "easy" in sets:
-            easy, share = Link(sets["easy"], "easy"), sets["easy"] / sets["teacher"] if sets["teacher"] else None
+            easy, share = Link(sets["easy"], "easy"), pct(sets["easy"] / sets["teacher"] if sets["teacher"] else None)
         else:
-            easy, share = None, None
+            easy, share = None, pct(None)
         rows.append([name, run["role"], Link(run["exact_match_count"], f"memorized:{name}"),
-                     pct(run["exact_match_rate"]), fmt(easy), pct(share),
+                     pct_ci(run["exact_match_rate"], run.get("exact_match_interval")), fmt(easy), share,
                      Link(student["inherited"], f"inherited:{name}") if student else fmt(None),
                      fmt(ppl.get(name, {}).get("perplexity"))])
-    auc = ms(pred["resampled"]["roc_auc"]) if pred else None
     teacher_only = Link(sets["teacher_only"], "teacher_only") if "teacher_only" in sets else None
-    return [("Summary (the paper's table)", ["model", "role", "memorized", "memorization rate", "easy",
-                                              "easy share", "inherited (teacher-only)", "held-out perplexity"], rows),
-            ("Headline", ["teacher-only examples", "hard/soft inherited ratio", "predictor ROC-AUC"],
-             [[fmt(teacher_only), fmt(result.get("hard_vs_soft", {}).get("ratio")), fmt(auc)]])
+    hard_soft = result.get("hard_vs_soft", {})
+    return [("Summary (the paper's table; rates with 95% intervals)",
+             ["model", "role", "memorized", "memorization rate", "easy", "easy share", "inherited (teacher-only)",
+              "held-out perplexity"], rows),
+            ("Headline", ["teacher-only examples", "hard/soft inherited ratio", "predictor ROC-AUC (95% interval)",
+                          "ROC-AUC over resampled trials"],
+             [[fmt(teacher_only), ratio_ci(hard_soft.get("ratio"), hard_soft.get("ratio_interval")),
+               estimate_ci(pred["intervals"]["roc_auc"]) if pred and "intervals" in pred else "–",
+               ms(pred["resampled"]["roc_auc"]) if pred else "–"]])
             ] + ([risk_table(risk)] if risk else [])
+
+
+def estimate_ci(d: dict) -> str:
+    """An estimate with its interval: 0.997 [0.991, 1]."""
+    return f"{d['estimate']:.3g} [{d['low']:.3g}, {d['high']:.3g}]"
 
 
 def risk_table(risk: dict) -> Table:

@@ -110,10 +110,11 @@ def invoke_cli(*args, code=0, group=None):
 
 
 def write_run(path, ids, memorized, *, data_fingerprint="sha256:test-data", prefix_len=PREFIX, suffix_len=SUFFIX,
-              model="model", windows=None):
+              model="model", windows=None, mode="decode"):
     """A hand-built extraction run directory in `evalmem extract`'s format: the examples in `memorized`
     are exact matches (token accuracy 1), the others match their first 5 tokens (token accuracy 0.2).
-    `windows`: each example's (prefix ids, suffix ids) [default: 0, 1, ... for every example]."""
+    `windows`: each example's (prefix ids, suffix ids) [default: 0, 1, ... for every example]; `mode` verify
+    leaves the columns that need generated text null, as `--mode verify` does."""
     path = Path(path)
     path.mkdir(parents=True)
     hit = [i in memorized for i in ids]
@@ -125,14 +126,18 @@ def write_run(path, ids, memorized, *, data_fingerprint="sha256:test-data", pref
         "approx_match": hit, "generated_ids": [s if h else s[:5] + [t - 1 if t else 1 for t in s[5:]]
                                                for s, h in zip(suffix, hit)],
         "suffix_ids": suffix, "prefix_ids": [p for p, _ in windows]})
+    if mode == "verify":
+        for column in ("token_accuracy", "edit_distance", "approx_match", "generated_ids"):
+            i = table.column_names.index(column)
+            table = table.set_column(i, column, pa.nulls(len(ids), table.schema.field(column).type))
     pq.write_table(table, path / "results.parquet", write_page_checksum=True)  # as evalmem writes results
     settings = {"command": "extract", "model": model, "data": "data.jsonl", "data_fingerprint": data_fingerprint,
-                "prefix_len": prefix_len, "suffix_len": suffix_len, "engine": "hf", "mode": "decode"}
+                "prefix_len": prefix_len, "suffix_len": suffix_len, "engine": "hf", "mode": mode}
     (path / "manifest.json").write_text(json.dumps({"settings": settings, "versions": {}}))
     n, exact = len(ids), sum(hit)
     (path / "summary.json").write_text(json.dumps({
         "model": model, "data": "data.jsonl", "n_examples": n, "prefix_len": prefix_len, "suffix_len": suffix_len,
-        "engine": "hf", "mode": "decode", "exact_match_count": exact, "exact_match_rate": exact / n}))
+        "engine": "hf", "mode": mode, "exact_match_count": exact, "exact_match_rate": exact / n}))
     return str(path)
 
 

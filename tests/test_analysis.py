@@ -5,6 +5,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
+from evalmem import stats
 from helpers import IDS, compare_args, members, write_run
 
 @pytest.fixture
@@ -30,7 +31,12 @@ def test_compare_counts_every_region(invoke, runs, tmp_path):
     assert (hard["memorized"], hard["easy"], hard["inherited"], hard["neither"]) == (19, 10, 8, 1)
     assert soft["inheritance_rate"] == 2 / 16 and hard["inheritance_rate"] == 8 / 16
     assert soft["easy_share"] == 15 / 20 and hard["neither_share"] == 1 / 19
-    assert cmp["hard_vs_soft"] == {"hard_inherited": 8, "soft_inherited": 2, "ratio": 4.0}
+    h = cmp["hard_vs_soft"]
+    assert (h["hard_inherited"], h["soft_inherited"], h["ratio"]) == (8, 2, 4.0)
+    table = {k: h["paired"][k] for k in ("n", "both", "a_only", "b_only", "neither")}
+    assert table == {"n": 16, "both": 2, "a_only": 6, "b_only": 0, "neither": 8}  # on the 16 teacher-only
+    assert h["paired"]["p_value"] == pytest.approx(2 / 2**6)  # all 6 discordant examples on the hard side
+    assert h["ratio_interval"] == stats.ratio(table) and h["ratio_interval"]["low"] > 1
     pairs = {(o["a"], o["b"]): o for o in cmp["overlaps"]}
     assert len(pairs) == 10
     assert pairs["teacher", "soft"] == {"a": "teacher", "b": "soft", "intersection": 17, "jaccard": 0.5,
@@ -45,7 +51,83 @@ def test_compare_counts_every_region(invoke, runs, tmp_path):
     assert sets["easy_every_seed"] == sorted(f"e{i}" for i in range(10))
     for name in ("rates.png", "overlap.png", "token_accuracy.png", "students.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "| teacher | teacher | 100 | 31 | 31% |" in (out / "compare.md").read_text()
+    low, high = stats.wilson(31, 100)
+    assert f"| teacher | teacher | 100 | 31 | 31% [{100 * low:.3g}, {100 * high:.3g}] |" in (out / "compare.md").read_text()
+    assert cmp["runs"]["teacher"]["exact_match_interval"] == {"low": low, "high": high}
+
+
+def test_paired_tests_between_every_two_runs(invoke, runs, tmp_path):
+    invoke(*compare_args(runs, tmp_path / "cmp"))
+    cmp = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    tests = {(t["a"], t["b"]): t for t in cmp["paired"]}
+    assert len(tests) == 10 and cmp["statistics"]["adjustment"].startswith("Holm")
+    soft_b0 = tests["b0", "soft"]  # b0: e0-e14, e34-e37; soft: e0-e16, e31-e33
+    assert (soft_b0["both"], soft_b0["a_only"], soft_b0["b_only"], soft_b0["neither"]) == (15, 4, 5, 76)
+    assert soft_b0["p_value"] == 1.0 and not soft_b0["distinguishable"]
+    assert soft_b0["difference"]["estimate"] == pytest.approx(-0.01)
+    teacher_b1 = tests["teacher", "b1"]  # teacher: e0-e30; b1: e0-e9, e31-e37
+    assert (teacher_b1["a_only"], teacher_b1["b_only"]) == (21, 7)
+    assert teacher_b1["p_value"] == pytest.approx(stats.mcnemar(21, 7))
+    assert [t["p_holm"] for t in cmp["paired"]] == pytest.approx(stats.holm([t["p_value"] for t in cmp["paired"]]))
+    assert "| b0 | soft | 4 | 5 | -1 pp" in (tmp_path / "cmp" / "compare.md").read_text()
+
+
+def checkpoints(root, memorized_by_step, fingerprint="sha256:test-data"):
+    """Hand-built runs of checkpoint-STEP models, each memorizing the given examples."""
+    return [write_run(root / f"checkpoint-{step}", IDS, m, model=f"ckpt/checkpoint-{step}",
+                      data_fingerprint=fingerprint) for step, m in memorized_by_step.items()]
+
+
+def test_series_gives_the_planted_onset_and_forgetting(invoke, runs, tmp_path):
+    planted = {10: {"e0", "e1", "e20"}, 20: {"e1", "e2", "e3", "e20"}, 30: {"e2", "e3", "e4", "e20", "e21"}}
+    checkpoints(tmp_path / "teacher-series", planted)
+    out = tmp_path / "cmp"
+    invoke(*compare_args(runs, out), "--series", f"teacher={tmp_path / 'teacher-series'}")
+    series = json.loads((out / "compare.json").read_text())["series"]["teacher"]
+    assert [p["step"] for p in series] == [10, 20, 30]
+    assert [p["exact_match_count"] for p in series] == [3, 4, 5]
+    assert [(p.get("onset"), p.get("forgotten")) for p in series] == [(None, None), (2, 1), (2, 1)]
+    assert series[2]["p_value"] == 1.0 and series[0]["exact_match_interval"] == dict(zip(("low", "high"),
+                                                                                           stats.wilson(3, 100)))
+    assert [p["teacher_only"] for p in series] == [1, 1, 2]  # e20, e21: teacher-only (the teacher has e15-e30)
+    sets = json.loads((out / "sets.json").read_text())
+    assert sets["onset:teacher@20"] == ["e2", "e3"] and sets["forgotten:teacher@20"] == ["e0"]
+    assert sets["onset:teacher@30"] == ["e21", "e4"] and sets["forgotten:teacher@30"] == ["e1"]
+    assert (out / "training.png").exists() and (out / "training_teacher_only.png").exists()
+    md = (out / "compare.md").read_text()
+    assert "Memorization over training: teacher" in md and "| 20 | – | 4 | 4% [" in md
+
+
+def test_series_steps_from_trainer_state_and_revisions(invoke, tmp_path):
+    """A checkpoint's step: its model's trainer_state.json, else a hub revision stepN, else checkpoint-N."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "trainer_state.json").write_text(json.dumps({"global_step": 64, "epoch": 2.0}))
+    a = write_run(tmp_path / "a", IDS, {"e0"}, model=str(model))
+    b = write_run(tmp_path / "b", IDS, {"e0", "e1"}, model="org/pythia")
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    manifest["settings"]["revision"] = "step143000"
+    (tmp_path / "b" / "manifest.json").write_text(json.dumps(manifest))
+    invoke("compare", "--series", f"m={a},{b}", "--out", tmp_path / "cmp")
+    series = json.loads((tmp_path / "cmp" / "compare.json").read_text())["series"]["m"]
+    assert [(p["step"], p["epoch"]) for p in series] == [(64, 2.0), (143000, None)]
+
+
+@pytest.mark.parametrize("case, words", [
+    ("other data", ["differ in data_fingerprint"]),
+    ("out of order", ["not in training order"]),
+    ("one checkpoint", ["at least two"]),
+    ("no name", ["--series takes NAME=DIR"]),
+    ("not runs", ["neither a run directory nor a folder of checkpoint-N"]),
+])
+def test_bad_series_is_one_line_exit_2(invoke, runs, tmp_path, case, words):
+    root = tmp_path / "s"
+    first, second = checkpoints(root, {10: {"e0"}, 20: {"e1"}})
+    spec = {"other data": f"t={first},{checkpoints(tmp_path / 'o', {30: set()}, 'sha256:other')[0]}",
+            "out of order": f"t={second},{first}", "one checkpoint": f"t={first}", "no name": f"{first},{second}",
+            "not runs": f"t={tmp_path}"}[case]
+    one_line_error(invoke(*compare_args(runs, tmp_path / "cmp"), "--series", spec, code=2), *words)
+    assert not (tmp_path / "cmp" / "compare.json").exists()
 
 
 def test_compare_joins_on_the_shared_ids(invoke, tmp_path):

@@ -2,6 +2,7 @@
 headless Chromium (the explorer's deep links, filters and escaping on a real report)."""
 
 import base64
+import html
 import json
 import re
 from pathlib import Path
@@ -11,17 +12,20 @@ import numpy as np
 import pytest
 
 from helpers import IDS, compare_args, invoke_cli, members, write_features, write_run
+from evalmem import stats
 from evalmem.explorer import set_href
+from evalmem.figures import ALT
+from evalmem.tables import pct_ci
 
 SCRIPT = "<script>alert(1)</script>"
 SCRIPT_ID = "e17"  # teacher-only, inherited by hard
 MODELS = ("teacher", "b0", "b1", "soft", "hard")
 
 
-def make_runs(root, windows=None, tokenizer="nowhere"):
+def make_runs(root, windows=None, tokenizer="nowhere", mode="decode"):
     """Five hand-built runs (helpers.REGIONS) and their comparison; the teacher's model names `tokenizer`."""
     runs = {name: write_run(root / name, IDS, members(name), model=tokenizer if name == "teacher" else name,
-                            windows=windows) for name in MODELS}
+                            windows=windows, mode=mode) for name in MODELS}
     invoke_cli(*compare_args(runs, root / "cmp"))
     return runs
 
@@ -49,6 +53,25 @@ def experiment(tmp_path_factory):
                            sets=json.loads((root / "cmp" / "sets.json").read_text()))
 
 
+def figures(page: str) -> list[tuple[str, str]]:
+    """The page's images as (figure file, base64 data), the file known by its alternative text."""
+    names = {text: name for name, text in ALT.items()}
+    return [(names[html.unescape(alt)], data)
+            for alt, data in re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,([^"]+)"', page)]
+
+
+def test_a_verify_run_report_draws_only_figures_with_data(tmp_path):
+    """--mode verify computes no approximate matches and no token accuracy: no figure of them, one line saying so."""
+    make_runs(tmp_path, mode="verify")
+    invoke_cli("report", "--compare", tmp_path / "cmp", "--out", tmp_path / "r.html")
+    page = (tmp_path / "r.html").read_text()
+    assert [name for name, _ in figures(page)] == ["rates.png", "students.png", "overlap.png"]
+    assert page.count('class="note"') == 1 and "extracted with <code>--mode verify</code>" in page
+    cmp = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert cmp["figures"] == ["rates.png", "overlap.png", "students.png"]
+    assert all(r["approx_match_rate"] is None and r["approx_match_interval"] is None for r in cmp["runs"].values())
+
+
 def embedded(page: str) -> dict:
     """The explorer's data in a report."""
     return json.loads(re.search(r'<script type="application/json" id="evx-data">(.*?)</script>', page, re.S)[1])
@@ -56,18 +79,22 @@ def embedded(page: str) -> dict:
 
 def test_report_begins_with_the_headline_and_embeds_everything(experiment, tmp_path):
     page = experiment.page
-    images = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,([^"]+)"', page)
+    images = figures(page)
     assert [name for name, _ in images] == ["rates.png", "students.png", "overlap.png", "roc.png",
                                             "token_accuracy.png", "pr.png", "coefficients.png"]
     assert all(base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n" for _, data in images)
     assert not re.search(r'(src|href)="(?!data:|#)', page)  # nothing outside the page
     order = [page.index(f'id="{part}"') for part in ("headline", "figures", "explore", "details")]
     assert order == sorted(order) and page.index("Summary (the paper") < page.index("<img")
-    hard = f'<tr><td>hard</td><td>student</td><td><a href="{set_href("memorized:hard")}">19</a></td><td>19%</td>'
+    rate = pct_ci(0.19, dict(zip(("low", "high"), stats.wilson(19, 100))))
+    hard = f'<tr><td>hard</td><td>student</td><td><a href="{set_href("memorized:hard")}">19</a></td><td>{rate}</td>'
     assert hard + f'<td><a href="{set_href("easy:hard")}">10</a></td>' in page
     assert f'<a href="{set_href("inherited:hard")}">8</a>' in page.split('id="figures"')[0]
-    assert "the hard student inherits 4× as many as the soft one" in page
-    assert "<tr><td>8</td><td>2</td><td>4</td></tr>" in page  # hard vs soft, in the details
+    interval = stats.ratio({"n": 16, "both": 2, "a_only": 6, "b_only": 0, "neither": 8})
+    assert f"the hard student inherits 4 [{interval['low']:.3g}, {interval['high']:.3g}] times as many" in page
+    assert "McNemar p = 0.031: distinguishable" in page  # 6 of 6 discordant teacher-only examples: 2 / 2**6
+    assert "soft memorizes 11.1% more than the baselines' mean: +1 pp [" in page
+    assert "against b0 (p = 1, Holm 1: not distinguishable)" in page
     assert "Predictor at the real base rate" in page and "kl_teacher_baseline" in page
     assert SCRIPT not in page  # the training text travels escaped
     data = embedded(page)

@@ -16,19 +16,24 @@ from evalmem.settings import COUNT_FEATURES, FEATURES, DataSpec, FilterSettings,
 @click.option("--baseline", "baselines", multiple=True, help="Baseline run [NAME=]DIR; repeat for several seeds.")
 @click.option("--student", "students", multiple=True, help="Student run NAME=DIR (e.g. soft=runs/soft); repeatable.")
 @click.option("--run", "others", multiple=True, help="Any other run [NAME=]DIR to tabulate and overlap; repeatable.")
+@click.option("--series", multiple=True, metavar="NAME=DIR,DIR,...",
+              help="One model's checkpoints in training order: their extraction runs, or a folder of checkpoint-N "
+                   "runs; the rate per checkpoint and what each step newly memorized and forgot. Repeatable.")
 @click.option("--counts", default=None, type=click.Path(file_okay=False),
               help="Directory written by `evalmem dupcount` on the same data: memorization by copy count.")
 @click.option("--prefix-len", type=click.IntRange(min=1), default=None,
               help="The prefix length to compare at, in runs of several (extract --mode screen --prefix-len 8,16,32).")
 @out_option("Directory for compare.json, compare.md, sets.json and PNG figures.")
-def compare(teacher, baselines, students, others, counts, prefix_len, out):
-    """Join extraction runs on example_id and compare their memorized sets: rates, overlaps, easy and
-    teacher-only examples, each student's inherited examples, hard-vs-soft ratio, figures."""
+def compare(teacher, baselines, students, others, series, counts, prefix_len, out):
+    """Join extraction runs on example_id and compare their memorized sets: rates with 95% intervals, paired tests
+    between every two runs, overlaps, easy and teacher-only examples, each student's inherited examples, the
+    hard-vs-soft ratio, memorization over training (--series), figures."""
     from evalmem.analysis import load_runs
     from evalmem.report import write_compare
     from evalmem.tables import compare_tables, markdown
 
-    result = write_compare(out, load_runs(teacher, list(baselines), list(students), list(others), prefix_len), counts)
+    runs = load_runs(teacher, list(baselines), list(students), list(others), prefix_len, list(series))
+    result = write_compare(out, runs, counts)
     click.echo(markdown(compare_tables(result)))
 
 
