@@ -109,8 +109,8 @@ def held(check: dict) -> str:
 
 def seeds_tables(summary: dict) -> list[Table]:
     seeds = summary["seeds"]
-    rows = [[name, estimate_ci(c["interval"]) if c["interval"] else fmt(c["mean"]), f"{fmt(c['min'])} - {fmt(c['max'])}",
-             *map(fmt, c["per_seed"])] for name, c in summary["findings"].items()]
+    rows = [[name, estimate_ci(c["interval"]) if c["interval"] else fmt(c["mean"]),
+             f"{fmt(c['min'])} - {fmt(c['max'])}", *map(fmt, c["per_seed"])] for name, c in summary["findings"].items()]
     checked = [[name, *(held(summary["checks"][s][name]) for s in seeds)] for name in CHECKS]
     return [(f"Findings over seeds {', '.join(map(str, seeds))} (mean with its 95% interval across seeds)",
              ["finding", "mean [95% interval]", "range", *(f"seed {s}" for s in seeds)], rows),

@@ -52,7 +52,8 @@ def test_compare_counts_every_region(invoke, runs, tmp_path):
     for name in ("rates.png", "overlap.png", "token_accuracy.png", "students.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     low, high = stats.wilson(31, 100)
-    assert f"| teacher | teacher | 100 | 31 | 31% [{100 * low:.3g}, {100 * high:.3g}] |" in (out / "compare.md").read_text()
+    row = f"| teacher | teacher | 100 | 31 | 31% [{100 * low:.3g}, {100 * high:.3g}] |"
+    assert row in (out / "compare.md").read_text()
     assert cmp["runs"]["teacher"]["exact_match_interval"] == {"low": low, "high": high}
 
 
