@@ -167,7 +167,8 @@ def extract_run(job: ExtractSettings, data: DataSpec, output: OutputSpec, option
     """`evalmem extract`: extraction over a whole data set into a resumable result directory, in the engine
     that runs `job.mode` (the one asked for, or the mode's default)."""
     lens = job.prefix_lens[0] if len(job.prefix_lens) == 1 else list(job.prefix_lens)
-    settings = {"prefix_len": lens, "suffix_len": job.suffix_len, "mode": job.mode}
+    settings = {"prefix_len": lens, "suffix_len": job.suffix_len, "mode": job.mode,
+                **({"revision": job.revision} if job.revision else {})}
     models = {"reference": job.reference} if job.reference else {}
     if job.mode == "screen":
         settings |= job.screen_settings()

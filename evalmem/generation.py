@@ -36,7 +36,8 @@ def generate_run(job: GenerateSettings, data: DataSpec, output: OutputSpec, opti
     """Generate the corpus over a whole data set into a resumable result directory; return its summary."""
     sampling = job.sampling()
     run = open_engine_job("generate", options=options, pool=pool, mode="decode", job=job, data=data, output=output,
-                          settings={"max_new_tokens": job.max_new_tokens, **sampling},
+                          settings={"max_new_tokens": job.max_new_tokens, **sampling,
+                                    **({"revision": job.revision} if job.revision else {})},
                           need_tokenizer=True, window_tokens=job.prefix_len)
 
     def work(get_engine, start, stop):

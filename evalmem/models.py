@@ -1,8 +1,9 @@
 """Models and tokenizers as every command reads them: configs, context length, fingerprints, loading.
 
-A model is a local Hugging Face folder or a hub id, or a PEFT LoRA adapter folder applied to one (the base it
-names in adapter_config.json, or the one given beside it): `model_spec` makes a `ModelSpec` of either, and every
-function here takes one or a name. Each loader turns a failure into a one-line error.
+A model is a local Hugging Face folder or a hub id (at a revision: a branch, tag or commit such as Pythia's training
+checkpoints `step143000`), or a PEFT LoRA adapter folder applied to one (the base it names in adapter_config.json,
+or the one given beside it): `model_spec` makes a `ModelSpec` of either, and every function here takes one or a
+name. Each loader turns a failure into a one-line error.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A full model (`base`), or the LoRA adapter folder `adapter` applied to it."""
+    """A full model (`base`, a hub id at `revision` or a folder), or the LoRA adapter folder `adapter` applied to
+    it."""
 
     base: str
     adapter: str | None = None
+    revision: str | None = None
 
     @property
     def name(self) -> str:
@@ -29,15 +32,20 @@ class ModelSpec:
         return self.adapter or self.base
 
     def __str__(self) -> str:
-        return self.name
+        return f"{self.base}@{self.revision}" if self.revision else self.name
 
 
-def model_spec(model: str | ModelSpec, adapter: str | None = None) -> ModelSpec:
+def model_spec(model: str | ModelSpec, adapter: str | None = None, revision: str | None = None) -> ModelSpec:
     """`model` as a spec: an adapter folder is applied to the base it names; `adapter` (`--adapter`) is applied
-    to `model`. An adapter trained on another base, or a folder of adapter weights without its config, is a
-    one-line error."""
+    to `model`; `revision` (`--revision`) is the hub model's revision. An adapter trained on another base, a folder
+    of adapter weights without its config, or a revision of a local folder is a one-line error."""
     if isinstance(model, ModelSpec):
         return model if adapter is None else model_spec(model.base, adapter)
+    if revision is not None:
+        if Path(model).exists() or adapter is not None or adapters.is_adapter(model):
+            raise InputError(f"--revision {revision} names a revision of a hub model, and {model} is a local folder "
+                             "or has an adapter: give the checkpoint's own folder as --model instead")
+        return ModelSpec(model, revision=revision)
     if adapter is not None:
         adapters.adapter_config(adapter)
         if adapters.is_adapter(model):
@@ -60,7 +68,7 @@ def model_config(model: str | ModelSpec):
 
     spec = model_spec(model)
     try:
-        return AutoConfig.from_pretrained(spec.base)
+        return AutoConfig.from_pretrained(spec.base, revision=spec.revision)
     except Exception as exc:
         raise InputError(f"cannot load model {spec}: {first_line(exc)}") from exc
 
@@ -78,20 +86,27 @@ def vocab_size(config) -> int:
     return config.get_text_config().vocab_size
 
 
-def model_fingerprint(model: str, config=None) -> str:
+def model_fingerprint(model: str, revision: str | None = None) -> str:
     """A full model's: local folder: a hash of its config and its weight files' names, sizes and times; hub id:
-    its commit."""
+    the commit its revision (default: the main branch) names, or the revision itself where neither the hub nor the
+    cache can say."""
     path = Path(model)
     if not path.is_dir():
-        return f"hub:{model}@{getattr(config, '_commit_hash', None)}"
+        from transformers.utils import cached_file
+        from transformers.utils.hub import extract_commit_hash
+
+        try:
+            return f"hub:{model}@{extract_commit_hash(cached_file(model, 'config.json', revision=revision), None)}"
+        except OSError:
+            return f"hub:{model}@{revision or 'main'}"
     return adapters.folder_digest(path, sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")), "config.json")
 
 
-def model_fingerprints(model: str | ModelSpec, config=None) -> dict[str, str]:
+def model_fingerprints(model: str | ModelSpec) -> dict[str, str]:
     """What identifies a model in a run's settings: `fingerprint` (the base's), and for an adapter `base` and
     `adapter_fingerprint` (its adapter_config.json and weights)."""
     spec = model_spec(model)
-    found = {"fingerprint": model_fingerprint(spec.base, config)}
+    found = {"fingerprint": model_fingerprint(spec.base, spec.revision)}
     if spec.adapter:
         found |= {"base": spec.base, "adapter_fingerprint": adapters.adapter_fingerprint(spec.adapter)}
     return found
@@ -113,7 +128,7 @@ def load_tokenizer(name: str | ModelSpec):
     spec = model_spec(name)
     own = spec.adapter and (Path(spec.adapter) / "tokenizer_config.json").exists()
     try:
-        return AutoTokenizer.from_pretrained(spec.adapter if own else spec.base)
+        return AutoTokenizer.from_pretrained(spec.adapter if own else spec.base, revision=spec.revision)
     except Exception as exc:
         raise InputError(f"cannot load a tokenizer from {name} ({first_line(exc).rstrip(':')}); "
                          "pass --tokenizer NAME_OR_FOLDER or give pre-tokenized input_ids") from exc
@@ -135,7 +150,7 @@ def load_causal_lm(name: str | ModelSpec, dtype: str = "auto", to_device: str | 
 
     spec = model_spec(name)
     try:
-        model = AutoModelForCausalLM.from_pretrained(spec.base,
+        model = AutoModelForCausalLM.from_pretrained(spec.base, revision=spec.revision,
                                                      dtype="auto" if dtype == "auto" else getattr(torch, dtype))
         if spec.adapter:
             from peft import PeftModel

@@ -91,7 +91,7 @@ def open_job(command: str, *, models: dict[str, str | ModelSpec], data: DataSpec
     check_vocabulary(source, min(vocab_size(c) for c in configs.values()))
     dtype = resolve_dtype(configs[first], dtype)
     fingerprints = {f"{role}_{key}": value for role, spec in specs.items()
-                    for key, value in model_fingerprints(spec, configs[role]).items()}
+                    for key, value in model_fingerprints(spec).items()}
     run = RunDir(output.out, {"command": command, **{role: spec.name for role, spec in specs.items()},
                               **fingerprints,
                               "data": data.path, "data_fingerprint": source.fingerprint, "split": data.split,
@@ -195,7 +195,7 @@ def open_engine_job(command: str, *, options, pool, mode: str, settings: dict, j
     from evalmem.engines import engine_for, for_job
 
     settings = {"engine": engine_for(mode, options.engine), **settings}
-    spec = model_spec(job.model, job.adapter)
+    spec = model_spec(job.model, job.adapter, job.revision)
     opened = open_job(command, models={"model": spec, **(extra_models or {})}, job=job, dtype=options.dtype,
                       settings=settings, **job_options)
     what = f"--prefix-len + {job.new_tokens_flag}"

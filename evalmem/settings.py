@@ -79,6 +79,13 @@ class OutputSpec:
         return part
 
 
+def revision_field():
+    """`--revision`, beside `--model`."""
+    return field(default=None, metadata=option(
+        "A revision of a hub --model: a branch, tag or commit, e.g. step143000 for one of Pythia's training "
+        "checkpoints (the manifest records it and the commit it names). Local checkpoints are folders of their own."))
+
+
 def adapter_field():
     """`--adapter`, beside `--model`."""
     return field(default=None, metadata=option(
@@ -137,6 +144,7 @@ class ExtractSettings(SuffixWindow):
 
     model: str = field(metadata=option("Model: a local Hugging Face folder, a hub id or a LoRA adapter folder."))
     adapter: str | None = adapter_field()
+    revision: str | None = revision_field()
     prefix_lens: tuple[int, ...] = field(default=(50,), metadata=option(
         "Prompt tokens per example; with --mode screen several, comma-separated (8,16,32): one row per example "
         "and prefix length, from one pass (each example cut to the longest prefix + the suffix).",
@@ -200,6 +208,7 @@ class GenerateSettings:
     model: str = field(metadata=option(
         "Teacher model: a local Hugging Face folder, a hub id or a LoRA adapter folder."))
     adapter: str | None = adapter_field()
+    revision: str | None = revision_field()
     prefix_len: int = field(default=50, metadata=option("Prompt tokens per example."))
     max_new_tokens: int = field(default=206, metadata=option(
         "Tokens generated after each prefix (paper: 50 + 206 = 256-token windows)."))

@@ -289,3 +289,40 @@ def test_compare_says_not_computed_for_runs_without_decoding(runs, tmp_path, inv
     assert result["b0"]["approx_match_rate"] == runs["decode"]["summary"]["approx_match_rate"]
     assert result["auto"]["approx_match_rate"] == result["b0"]["approx_match_rate"]  # auto knows every row's
     assert result["auto"]["mean_token_accuracy"] is None  # but not every row's token accuracy
+
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def hub_cache(root, model, revision):
+    """A Hugging Face hub cache holding the folder `model` as evalmem/tiny at `revision` (the layout a download
+    leaves): from_pretrained's offline path for a hub id and a revision."""
+    repo = root / "models--evalmem--tiny"
+    shutil.copytree(model, repo / "snapshots" / COMMIT)
+    (repo / "refs").mkdir()
+    (repo / "refs" / revision).write_text(COMMIT)
+    return root
+
+
+def test_extract_a_hub_revision(tiny, runs, tmp_path):
+    """--revision loads the hub model at that revision (here from the cache, offline) and the manifest records it
+    with the commit it names; a revision the cache lacks offline is one line and exit 2."""
+    import os
+
+    from helpers import run_cli
+
+    env = {**os.environ, "HF_HUB_CACHE": str(hub_cache(tmp_path / "hub", tiny.model, "step10")), "HF_HUB_OFFLINE": "1"}
+    out = tmp_path / "rev"
+    run_cli("extract", "--model", "evalmem/tiny", "--revision", "step10", "--data", runs["dir"] / "data.jsonl",
+            "--mode", "verify", "--engine", "hf", "--out", out, env=env)
+    settings = json.loads((out / "manifest.json").read_text())["settings"]
+    assert settings["revision"] == "step10" and settings["model_fingerprint"] == f"hub:evalmem/tiny@{COMMIT}"
+    by_id = {r["example_id"]: r["match_len"] for r in runs["verify"]["rows"]}
+    assert {r["example_id"]: r["match_len"] for r in pq.read_table(out / "results.parquet").to_pylist()} == by_id
+    proc = run_cli("extract", "--model", "evalmem/tiny", "--revision", "step99", "--data", tiny.data,
+                   "--out", tmp_path / "bad", check=False, env=env)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
+    assert "cannot load model evalmem/tiny@step99" in proc.stderr and not (tmp_path / "bad" / "summary.json").exists()
+    proc = run_cli("extract", "--model", tiny.model, "--revision", "step10", "--data", tiny.data, "--out",
+                   tmp_path / "local", check=False, env=env)
+    assert proc.returncode == 2 and "is a local folder" in proc.stderr

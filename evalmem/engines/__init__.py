@@ -103,7 +103,11 @@ def for_job(options: EngineOptions, *, model: str | ModelSpec, mode: str, dtype:
         raise InputError(f"--max-model-len {options.max_model_len} is shorter than the job's {what} = {seq_len} "
                          "tokens: raise it or shorten the job")
     batch = options.batch_size or (CPU_BATCH_SIZE.get(mode, 256) if device() == "cpu" else 256)
-    return replace(options, engine=engine_for(mode, options.engine), model=model_spec(model), dtype=dtype, seed=seed,
+    engine, spec = engine_for(mode, options.engine), model_spec(model)
+    if spec.revision and engine == "server":
+        raise InputError("--revision needs an engine that loads the model itself (vllm, hf, ray): a server serves "
+                         "the revision it was started with")
+    return replace(options, engine=engine, model=spec, dtype=dtype, seed=seed,
                    max_model_len=options.max_model_len or seq_len, batch_size=batch)
 
 

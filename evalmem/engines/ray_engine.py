@@ -60,6 +60,7 @@ class RayEngine:
         gpus = int(ray.cluster_resources().get("GPU", 0))
         replicas = max(1, gpus // options.tensor_parallel_size)
         engine_kwargs = dict(dtype=options.dtype, tensor_parallel_size=options.tensor_parallel_size,
+                             revision=options.model.revision, tokenizer_revision=options.model.revision,
                              max_model_len=options.max_model_len, max_num_seqs=options.max_num_seqs,
                              seed=options.seed)
         if options.kv_cache_gb is not None:

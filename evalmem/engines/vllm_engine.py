@@ -52,6 +52,7 @@ class VLLMEngine:
         lora, self.info, merged = adapter_plan(options) if options.model.adapter else ({}, {}, None)
         self.lora = LoRARequest("adapter", 1, str(Path(options.model.adapter).resolve())) if lora else None
         kwargs = dict(model=merged.name if merged else options.model.base, dtype=options.dtype,
+                      revision=options.model.revision, tokenizer_revision=options.model.revision,
                       tensor_parallel_size=options.tensor_parallel_size, seed=options.seed,
                       max_num_seqs=options.max_num_seqs, max_model_len=options.max_model_len,
                       logits_processors=[SuffixCheck],
