@@ -130,12 +130,17 @@ def load_runs(teacher: str | None, baselines: list[str], students: list[str], ot
 CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 
 
+def checkpoint_dirs(path: Path) -> list[Path]:
+    """The checkpoint-N folders in `path`, in step order (a trainer's checkpoints, or their extraction runs)."""
+    found = [p for p in path.iterdir() if CHECKPOINT.fullmatch(p.name)] if path.is_dir() else []
+    return sorted(found, key=lambda p: int(CHECKPOINT.fullmatch(p.name).group(1)))
+
+
 def series_dirs(path: Path) -> list[Path]:
     """A run directory, or the checkpoint-N run directories a folder holds (in step order)."""
     if (path / "manifest.json").exists() or not path.is_dir():
         return [path]
-    found = sorted((p for p in path.iterdir() if CHECKPOINT.fullmatch(p.name)),
-                   key=lambda p: int(CHECKPOINT.fullmatch(p.name).group(1)))
+    found = checkpoint_dirs(path)
     if not found:
         raise InputError(f"{path} is neither a run directory nor a folder of checkpoint-N run directories")
     return found

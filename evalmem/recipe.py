@@ -99,7 +99,7 @@ class Training:
     weight_decay: float = 0.0
     batch_size: int = 8
     grad_accum: int = 1
-
+    checkpoints: bool = False  # save the model at the end of every epoch (OUT/checkpoint-STEP; evaluate.series)
 
     def trainer_settings(self, seed: int) -> dict:
         """What the trainers take (`train.finetune.training_args`): all but the model, and the seed."""
@@ -141,6 +141,7 @@ class Evaluate:
     dtype: str = "auto"
     tensor_parallel_size: int = 1
     baseline_seeds: int = 3
+    series: tuple[str, ...] = ()  # models whose checkpoints are extracted: memorization over training
     predict_student: str = "soft"
     trials: int = 100
     neg_ratio: float = 3.0
@@ -173,6 +174,13 @@ class Recipe:
         for key, value in (("out", self.out), ("data.path", self.data.path)):
             if value is None:
                 raise InputError(f"the recipe does not set {key}")
+        for model in self.evaluate.series:
+            section = "teacher" if model == "teacher" else "student"
+            if model not in ("teacher", "soft", "hard") and not model.startswith("baseline-seed"):
+                raise InputError(f"evaluate.series names {model!r}: name teacher, soft, hard or baseline-seedS")
+            if not getattr(self, section).checkpoints:
+                raise InputError(f"evaluate.series names {model}, whose training saves no checkpoints: set "
+                                 f"{section}.checkpoints=true")
 
     @property
     def out_path(self) -> Path:

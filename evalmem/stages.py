@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from evalmem.analysis import checkpoint_dirs
 from evalmem.recipe import Data, Evaluate, Recipe
 
 
@@ -67,8 +68,8 @@ def models(baselines: list[str]) -> list[str]:
     return ["teacher", *baselines, "soft", "hard"]
 
 
-def extract_stage(recipe: Recipe, name: str, model: Path, data: list[str]) -> Stage:
-    ev, out = recipe.evaluate, recipe.out_path / "extract" / name
+def extract_stage(recipe: Recipe, name: str, model: Path, data: list[str], out: Path | None = None) -> Stage:
+    ev, out = recipe.evaluate, out or recipe.out_path / "extract" / name
     return Stage(f"extract-{name}", ["evalmem", "extract", "--model", str(model), *data, "--prefix-len",
                                      str(ev.prefix_len), "--suffix-len", str(ev.suffix_len), "--mode", ev.mode,
                                      "--out", str(out), *engine_args(ev)], out / "summary.json")
@@ -102,10 +103,27 @@ def risk_stages(recipe: Recipe, recipe_file: Path) -> list[Stage]:
     return found
 
 
+def series_stages(recipe: Recipe) -> tuple[list[Stage], list[str]]:
+    """For each model of evaluate.series, the extraction of every checkpoint its training saved (every epoch but
+    the last, which is the model itself), and compare's `--series` of them and the model; read once the models
+    are trained."""
+    out, stages, specs = recipe.out_path, [], []
+    for model in recipe.evaluate.series:
+        found = checkpoint_dirs(out / model)
+        where = out / "extract" / "series" / model
+        stages += [extract_stage(recipe, f"{model}-{c.name}", c, data_args(recipe.data), where / c.name)
+                   for c in found]
+        if found:
+            specs.append(f"{model}={','.join([*(str(where / c.name) for c in found), str(out / 'extract' / model)])}")
+    return stages, specs
+
+
 def final_stages(recipe: Recipe, recipe_file: Path, baselines: list[str], predicted: bool) -> list[Stage]:
-    """What follows the predictor: the risk-filtering experiment (given a predictor), utility, compare, report."""
+    """What follows the predictor: the checkpoints' extractions, the risk-filtering experiment (given a predictor),
+    utility, compare, report."""
     out, data, extract = recipe.out_path, recipe.data, recipe.out_path / "extract"
-    found = risk_stages(recipe, recipe_file) if predicted and recipe.risk_filter.enabled else []
+    found, series = series_stages(recipe)
+    found += risk_stages(recipe, recipe_file) if predicted and recipe.risk_filter.enabled else []
     if data.heldout:
         found.append(Stage("utility", ["evalmem", "perplexity", *[f"--model={m}={out / m}" for m in models(baselines)],
                                        *data_args(data, heldout=True), "--window-len", str(data.window_len),
@@ -114,6 +132,7 @@ def final_stages(recipe: Recipe, recipe_file: Path, baselines: list[str], predic
     found.append(Stage("compare", ["evalmem", "compare", "--teacher", f"teacher={extract / 'teacher'}",
                                    *[f"--baseline={b}={extract / b}" for b in baselines],
                                    "--student", f"soft={extract / 'soft'}", "--student", f"hard={extract / 'hard'}",
+                                   *[f"--series={s}" for s in series],
                                    "--counts", str(out / "dupcount"), "--out", str(out / "compare")],
                        out / "compare" / "compare.json"))
     return found + [report_stage(recipe, predicted)]

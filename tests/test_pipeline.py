@@ -20,13 +20,14 @@ RECIPE = RECIPES / "tiny-kjv.yaml"
 @pytest.fixture(scope="module")
 def minute_scale(tiny, tmp_path_factory):
     """tiny-kjv's settings on the session's tiny models: the memorizing Llama as the teacher's base (so the
-    teacher memorizes the 32 trained windows and not the 32 unseen ones), a smaller student, one epoch each."""
+    teacher memorizes the 32 trained windows and not the 32 unseen ones), a smaller student, two epochs each
+    (a checkpoint after the first: the series of teacher, soft and hard)."""
     from evalmem.tiny import build_model
 
     student = build_model(tmp_path_factory.mktemp("pipeline") / "student", tiny.tokenizer, hidden=64, layers=1,
                           heads=2, seed=1)
     return {"prepare.builder": None, "data.path": tiny.data, "data.heldout": tiny.data, "teacher.model": tiny.model,
-            "teacher.epochs": 1, "teacher.lr": 1e-5, "student.model": student, "student.epochs": 1,
+            "teacher.epochs": 2, "teacher.lr": 1e-5, "student.model": student, "student.epochs": 2,
             "evaluate.engine": "hf", "evaluate.baseline_seeds": 2, "evaluate.trials": 5,
             "evaluate.predict_student": "teacher"}
 
@@ -84,6 +85,11 @@ def test_pipeline_runs_every_stage_and_continues_after_kill(minute_scale, tmp_pa
     utility = json.loads((out / "utility.json").read_text())
     assert set(utility["models"]) == {"teacher", "baseline-seed0", "baseline-seed1", "soft", "hard"}
     assert "| teacher | teacher |" in result.stdout and "| total |" in result.stdout
+    series = json.loads((out / "compare" / "compare.json").read_text())["series"]
+    assert set(series) == {"teacher", "soft", "hard"} and all(len(points) == 2 for points in series.values())
+    assert series["teacher"][1]["exact_match_count"] == summary["exact_match_count"]  # the last point: the model
+    assert [p["epoch"] for p in series["teacher"]] == [1.0, 2.0] and "Memorization over training" in page
+    assert not (out / "teacher" / f"checkpoint-{series['teacher'][1]['step']}").exists()  # the model itself
 
     again = cli(*pipeline_args(out, minute_scale))  # a finished pipeline does no work
     assert all(e["status"] == "done" for e in json.loads((out / "pipeline.json").read_text()).values())

@@ -35,6 +35,9 @@ def test_recipes_load_and_set_the_papers_settings():
     (["peft.r=0"], "recipe key peft.r must be positive"),
     (["peft.dropout=-0.1"], "recipe key peft.dropout must be non-negative"),
     (["teacher.lr"], "--set takes KEY=VALUE"),
+    (["evaluate.series=[teacher]"], "evaluate.series names teacher, whose training saves no checkpoints: set "
+                                    "teacher.checkpoints=true"),
+    (["evaluate.series=[student]", "student.checkpoints=true"], "evaluate.series names 'student'"),
 ])
 def test_bad_recipe_values_are_refused(sets, message):
     with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):

@@ -27,13 +27,15 @@ def device_flags() -> dict:
 
 
 def training_args(config_cls, out: Path, *, epochs: float, lr: float, batch_size: int, seed: int, scheduler: str,
-                  warmup_steps: float, weight_decay: float, grad_accum: int = 1, **extra):
-    """A TRL config (SFTConfig or a subclass) that writes into OUT.partial; `seed` also sets the data order.
+                  warmup_steps: float, weight_decay: float, grad_accum: int = 1, checkpoints: bool = False, **extra):
+    """A TRL config (SFTConfig or a subclass) that writes into OUT.partial; `seed` also sets the data order;
+    `checkpoints`: the model at the end of every epoch in OUT/checkpoint-STEP (weights only).
     No truncation: windows are checked against the model's context before training."""
+    flags = device_flags() | ({"save_strategy": "epoch", "save_only_model": True} if checkpoints else {})
     return config_cls(output_dir=str(partial_path(out)), num_train_epochs=epochs, learning_rate=lr,
                       per_device_train_batch_size=batch_size, gradient_accumulation_steps=grad_accum, seed=seed,
                       data_seed=seed, lr_scheduler_type=scheduler, warmup_steps=warmup_steps,
-                      weight_decay=weight_decay, max_length=None, **device_flags(), **extra)
+                      weight_decay=weight_decay, max_length=None, **flags, **extra)
 
 
 def lora_config(peft):
@@ -92,6 +94,7 @@ def train_and_save(trainer, tokenizer, out: Path) -> Path:
     trainer.save_model(str(tmp))
     trainer.save_state()  # trainer_state.json: the logged losses, kept with the checkpoint (main process only)
     if trainer.is_world_process_zero():
+        shutil.rmtree(tmp / f"checkpoint-{trainer.state.global_step}", ignore_errors=True)  # the same as OUT itself
         tokenizer.save_pretrained(str(tmp))
         shutil.rmtree(out, ignore_errors=True)
         tmp.rename(out)
@@ -101,15 +104,16 @@ def train_and_save(trainer, tokenizer, out: Path) -> Path:
 
 def finetune(model: str, windows, out: str | Path, *, epochs: float = 3, lr: float = 5e-5, batch_size: int = 8,
              seed: int = 0, scheduler: str = "cosine", warmup_steps: float = 0, weight_decay: float = 0.0,
-             grad_accum: int = 1, peft=None) -> Path:
+             grad_accum: int = 1, checkpoints: bool = False, peft=None) -> Path:
     """Fine-tune `model` with CE on `windows` (lists of token ids or a Dataset with `input_ids`), in full or (`peft`
-    enabled) as LoRA adapters; save a HF folder at `out`, which appears only when training has finished."""
+    enabled) as LoRA adapters; save a HF folder at `out`, which appears only when training has finished (with
+    `checkpoints`, holding a checkpoint-STEP folder of every epoch but the last)."""
     from trl import SFTConfig, SFTTrainer
 
     out = Path(out)
     config = training_args(SFTConfig, out, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
                            scheduler=scheduler, warmup_steps=warmup_steps, weight_decay=weight_decay,
-                           grad_accum=grad_accum)
+                           grad_accum=grad_accum, checkpoints=checkpoints)
     tokenizer = load_tokenizer(model)
     trainer = SFTTrainer(model=load_trainee(model, peft), args=config, train_dataset=as_dataset(windows),
                          processing_class=tokenizer, peft_config=lora_config(peft))
