@@ -6,7 +6,7 @@ M(x) = the examples run x reproduces exactly. With several baseline seeds, "base
 union over seeds (memorized by any seed) unless a name says `every_seed`:
 
     easy          M(teacher) ∩ M(any baseline)     easy_every_seed   M(teacher) ∩ M(every baseline)
-    teacher_only  M(teacher) \\ M(any baseline)
+    teacher_only  M(teacher) \\ M(any baseline)    saturated         M(teacher) ∩ M(every baseline) ∩ M(every student)
     inherited(s)  M(s) ∩ teacher_only              inheritance rate  |inherited(s)| / |teacher_only|
 
 A student's memorized set splits exactly into easy, inherited and neither (not memorized by the teacher).
@@ -37,6 +37,9 @@ from evalmem.settings import longest_prefix
 from evalmem.store import read_results
 
 PROTOCOL = ("data_fingerprint", "prefix_len", "suffix_len")
+# The paper's regime, where a memorized example is a marginal one: the teacher memorizes 1-10% of at least 2,048
+# examples and at most 30% of what it memorizes is memorized by every model (the saturated share).
+MARGIN = {"teacher_rate": (0.01, 0.10), "max_saturated_share": 0.30, "min_examples": 2048}
 RUN_COLUMNS = ("example_id", "exact_match", "approx_match", "token_accuracy")
 ROLES = ("teacher", "baseline", "student", "run", "series")
 
@@ -268,6 +271,16 @@ def paired_tests(runs: list[Run]) -> list[dict]:
     return tests
 
 
+def regime(teacher: int, saturated: int, n: int) -> dict:
+    """Where the experiment sits against MARGIN: the teacher's rate and the saturated share (the teacher's memorized
+    examples memorized by every model, over the teacher's)."""
+    share = ratio(saturated, teacher)
+    low, high = MARGIN["teacher_rate"]
+    return {"teacher_rate": teacher / n, "saturated": saturated, "saturated_share": share, "criterion": MARGIN,
+            "at_margin": low <= teacher / n <= high and share is not None and share <= MARGIN["max_saturated_share"]
+            and n >= MARGIN["min_examples"]}
+
+
 def hard_vs_soft(hard: Run, soft: Run, teacher_only: np.ndarray) -> dict:
     """The hard and soft students on the teacher-only examples: inherited counts, the paired test and the
     hard/soft inheritance ratio with its interval."""
@@ -369,8 +382,10 @@ def paper_sets(runs: list[Run], memorized: dict[str, set], teacher: Run, baselin
     soft, their paired comparison on the teacher-only examples; and the example ids of those sets."""
     sets = teacher_sets(memorized[teacher.name], [memorized[b.name] for b in baselines])
     students = [r for r in runs if r.role == "student"]
+    sets["saturated"] = sets["easy_every_seed"].intersection(*(memorized[s.name] for s in students))
     result = {"sets": {k: len(v) for k, v in sets.items()},
-              "students": {s.name: inheritance(memorized[s.name], sets) for s in students}}
+              "students": {s.name: inheritance(memorized[s.name], sets) for s in students},
+              "regime": regime(len(sets["teacher"]), len(sets["saturated"]), teacher.table.num_rows)}
     ids = {k: sorted(v) for k, v in sets.items()}
     for s in (s.name for s in students):
         ids |= {f"easy:{s}": sorted(memorized[s] & sets["easy"]),

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from evalmem.analysis import interval as interval_of
 from evalmem.explorer import set_href
 from evalmem.figures import series_axis
 from evalmem.tables import difference, estimate_ci, fmt, ms, p_value, pct, pct_ci, ratio_ci, verdict
@@ -88,6 +89,18 @@ def signed(test: dict, name: str) -> str:
     return difference(d)
 
 
+def saturation(result: dict) -> str:
+    r, sets = result["regime"], result["sets"]
+    criterion = r["criterion"]
+    low, high = criterion["teacher_rate"]
+    share = pct_ci(r["saturated_share"], interval_of(sets["saturated"], sets["teacher"]))
+    return (f"Of the teacher's {count(sets['teacher'], 'teacher')} memorized examples, "
+            f"{count(sets['saturated'], 'saturated')} ({share}) are memorized by every model: "
+            f"{'at' if r['at_margin'] else 'not at'} the margin of memorization where the paper's findings can show "
+            f"their size (the teacher memorizing {pct(low)}-{pct(high)} of at least {criterion['min_examples']} "
+            f"examples, at most {pct(criterion['max_saturated_share'])} of it memorized by every model).")
+
+
 def easy_share(students: dict) -> str:
     return ("Easy examples (memorized by the teacher and a baseline alike) make up "
             + listing([f"{pct_ci(s['easy_share'], s.get('easy_share_interval'))} of what {e(n)} memorized "
@@ -159,7 +172,8 @@ def findings(result: dict, pred: dict | None, util: dict | None, risk: dict | No
     """One sentence (HTML) per finding, each with the figure that shows it (None: none)."""
     found = [(rates(result), "rates.png"), (against_baselines(result), None)]
     if result.get("students"):
-        found += [(easy_share(result["students"]), "students.png"), (inheritance(result), "overlap.png")]
+        found += [(easy_share(result["students"]), "students.png"), (inheritance(result), "overlap.png"),
+                  (saturation(result), "copies.png")]
     if result.get("series"):
         found += [(over_training(result["series"]), "training.png"),
                   (teacher_only_over_training(result["series"]), "training_teacher_only.png")]

@@ -25,7 +25,8 @@ def test_compare_counts_every_region(invoke, runs, tmp_path):
     assert cmp["runs"]["teacher"]["exact_match_rate"] == 0.31
     assert cmp["runs"]["b0"]["mean_token_accuracy"] == pytest.approx((19 + 0.2 * 81) / 100)
     assert cmp["sets"] == {"teacher": 31, "baseline_any_seed": 22, "baseline_every_seed": 14, "easy": 15,
-                           "easy_every_seed": 10, "teacher_only": 16}
+                           "easy_every_seed": 10, "teacher_only": 16, "saturated": 10}
+    assert cmp["regime"]["saturated_share"] == 10 / 31 and not cmp["regime"]["at_margin"]  # 31% memorized
     soft, hard = cmp["students"]["soft"], cmp["students"]["hard"]
     assert (soft["memorized"], soft["easy"], soft["inherited"], soft["neither"]) == (20, 15, 2, 3)
     assert (hard["memorized"], hard["easy"], hard["inherited"], hard["neither"]) == (19, 10, 8, 1)
@@ -55,6 +56,21 @@ def test_compare_counts_every_region(invoke, runs, tmp_path):
     row = f"| teacher | teacher | 100 | 31 | 31% [{100 * low:.3g}, {100 * high:.3g}] |"
     assert row in (out / "compare.md").read_text()
     assert cmp["runs"]["teacher"]["exact_match_interval"] == {"low": low, "high": high}
+
+
+@pytest.mark.parametrize("teacher, saturated, n, at_margin", [
+    (100, 30, 2048, True), (100, 31, 2048, False), (20, 0, 2048, False), (200, 10, 2048, True),
+    (205, 10, 2048, False), (100, 10, 2000, False)])
+def test_the_margin_criterion_on_planted_sets(invoke, tmp_path, teacher, saturated, n, at_margin):
+    """At the margin: the teacher memorizes 1-10% of at least 2,048 examples, at most 30% of it memorized by all."""
+    ids = [f"x{i}" for i in range(n)]
+    every = {f"x{i}" for i in range(saturated)}
+    runs = {"teacher": {f"x{i}" for i in range(teacher)}, "b0": every | {"x1999"}, "b1": every | {f"x{saturated}"},
+            "soft": every | {f"x{saturated}"}, "hard": every}  # x{saturated}: memorized by all but b0 and hard
+    dirs = {name: write_run(tmp_path / name, ids, m) for name, m in runs.items()}
+    invoke(*compare_args(dirs, tmp_path / "cmp"))
+    found = json.loads((tmp_path / "cmp" / "compare.json").read_text())["regime"]
+    assert (found["saturated"], found["teacher_rate"], found["at_margin"]) == (saturated, teacher / n, at_margin)
 
 
 def test_paired_tests_between_every_two_runs(invoke, runs, tmp_path):
