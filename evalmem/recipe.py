@@ -58,6 +58,7 @@ class Duplication:
     exponent: float = 0.8  # the passage of rank r is copied max_copies / r**exponent times (at least twice)
     shift_max: int = 24  # a shifted copy starts up to this many tokens off
     max_words: int = 3  # words changed in a near copy
+    kinds: tuple[str, ...] = ("exact", "shifted", "near")  # of the passages by count rank, cyclically
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,9 @@
 
 Real pre-training and fine-tuning corpora repeat text, and memorization grows with the number of copies
 (Kandpal et al. 2022, Carlini et al. 2023): most windows occur once, a few passages many times with
-Zipf-like counts. The copies are of three kinds, interleaved over the count ranks (KINDS, the same for
-every seed) so that every count range has each kind:
+Zipf-like counts. The copies are of three kinds, interleaved over the count ranks (the recipe's
+prepare.duplication.kinds in that order, cyclically; the same for every seed) so that every count range has each
+kind:
 
     exact    the same window every time (boilerplate, licences, navigation text)
     shifted  the same passage in other surroundings: the window starts up to `shift_max` tokens inside the
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-KINDS = ("exact", "shifted", "near")  # by count rank, cyclically, the same for every seed
+KINDS = ("exact", "shifted", "near")
 
 
 def copy_counts(n_passages: int, max_copies: int, exponent: float) -> np.ndarray:
@@ -53,6 +54,8 @@ def build_corpus(stream: np.ndarray, tokenizer, dup, *, seed: int, n_train: int,
                  window_len: int) -> tuple[list[dict], list[dict], dict]:
     """Training rows, held-out rows (`id`, `input_ids`) cut from the token `stream`, and a JSON-able record of the
     duplication `dup` (recipe section prepare.duplication: passages, max_copies, exponent, shift_max, max_words)."""
+    if not dup.kinds or set(dup.kinds) - set(KINDS):
+        raise ValueError(f"prepare.duplication.kinds must list {', '.join(KINDS)} (any order), got {list(dup.kinds)}")
     rng = np.random.default_rng(seed)
     span = window_len + dup.shift_max  # each piece of text: a window plus room for shifted copies
     chunks = stream[:len(stream) // span * span].reshape(-1, span)[rng.permutation(len(stream) // span)]
@@ -66,7 +69,7 @@ def build_corpus(stream: np.ndarray, tokenizer, dup, *, seed: int, n_train: int,
     rows = [(f"u{k}", w[:window_len]) for k, w in enumerate(unique)]
     vocabulary, record, contexts = word_tokens(tokenizer, stream), [], iter(contexts)
     for rank, (text, copies) in enumerate(zip(passages, counts)):
-        kind = KINDS[rank % len(KINDS)]
+        kind = dup.kinds[rank % len(dup.kinds)]
         windows, entry = copies_of(text, int(copies), kind, contexts, vocabulary, dup, window_len, rng)
         rows += [(f"p{rank}c{j}", w) for j, w in enumerate(windows)]
         record.append({"passage": f"p{rank}", "copies": int(copies), "kind": kind, **entry,
@@ -75,6 +78,7 @@ def build_corpus(stream: np.ndarray, tokenizer, dup, *, seed: int, n_train: int,
     held = [{"id": f"h{k}", "input_ids": [int(t) for t in w[:window_len]]} for k, w in enumerate(heldout)]
     settings = {"seed": seed, "n_train": n_train, "n_heldout": n_heldout, "window_len": window_len,
                 **{k: getattr(dup, k) for k in ("passages", "max_copies", "exponent", "shift_max", "max_words")},
+                "kinds": list(dup.kinds),
                 "n_unique": int(n_unique), "n_copies": int(counts.sum())}
     return rows, held, {"settings": settings, "passages": record}
 
