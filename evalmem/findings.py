@@ -67,14 +67,21 @@ def against_baselines(result: dict) -> str | None:
     parts = []
     for name in others:
         tests = [t for b in baselines for t in result["paired"] if {t["a"], t["b"]} == {name, b}]
-        rate = runs[name]["exact_match_rate"]
-        change = f"{100 * abs(1 - rate / mean):.3g}% {'less' if rate < mean else 'more'} than the baselines' mean" \
-            if mean else "against baselines that memorize nothing"
-        versus = listing([f"{signed(t, name)} against {e(other(t, name))} (p = {p_value(t['p_value'])}, Holm "
-                          f"{p_value(t['p_holm'])}: {verdict(t['p_holm'])})" for t in tests])
+        change = relative(runs[name]["exact_match_rate"], mean)
+        versus = listing([f"{signed(t, name)} against {e(other(t, name))} (Holm p = {p_value(t['p_holm'])}: "
+                          f"{verdict(t['p_holm'])})" for t in tests])
         parts.append(f"{e(name)} memorizes {change}: {versus}")
     return (f"Paired on the same examples (exact McNemar test on the examples one model memorized and the other did "
             f"not, Holm-adjusted over all {len(result['paired'])} pairs): " + "; ".join(parts) + ".")
+
+
+def relative(rate: float, mean: float) -> str:
+    """A rate against the baselines' mean, in words."""
+    if not mean:
+        return "against baselines that memorize nothing"
+    if rate <= mean:
+        return f"{100 * (1 - rate / mean):.3g}% less than the baselines' mean"
+    return f"{rate / mean:.3g} times the baselines' mean"
 
 
 def other(test: dict, name: str) -> str:
@@ -104,7 +111,8 @@ def saturation(result: dict) -> str:
 def easy_share(students: dict) -> str:
     return ("Easy examples (memorized by the teacher and a baseline alike) make up "
             + listing([f"{pct_ci(s['easy_share'], s.get('easy_share_interval'))} of what {e(n)} memorized "
-                       f"({count(s['easy'], 'easy:' + n)} of {s['memorized']})" for n, s in students.items()]) + ".")
+                       f"({count(s['easy'], 'easy:' + n)} of {s['memorized']})" if s["memorized"]
+                       else f"none of what {e(n)} memorized (nothing)" for n, s in students.items()]) + ".")
 
 
 def inheritance(result: dict) -> str:
@@ -115,10 +123,13 @@ def inheritance(result: dict) -> str:
     h = result.get("hard_vs_soft")
     if not h:
         return text + "."
-    t = h["paired"]
-    return (text + f": the hard student inherits {ratio_ci(h['ratio'], h.get('ratio_interval'))} times as many as the "
-            f"soft one ({t['a_only']} examples only the hard one inherited, {t['b_only']} only the soft one; McNemar "
-            f"p = {p_value(t['p_value'])}: {verdict(t['p_value'])}).")
+    t, interval = h["paired"], h.get("ratio_interval")
+    if interval and interval["unbounded"]:
+        times = f"at least {interval['low']:.3g} times as many as the soft one (95% lower bound; it inherited none)"
+    else:
+        times = f"{ratio_ci(h['ratio'], interval)} times as many as the soft one"
+    return (text + f": the hard student inherits {times} ({t['a_only']} examples only the hard one inherited, "
+            f"{t['b_only']} only the soft one; McNemar p = {p_value(t['p_value'])}: {verdict(t['p_value'])}).")
 
 
 def predictor(result: dict, pred: dict) -> str:

@@ -93,8 +93,8 @@ def test_report_begins_with_the_headline_and_embeds_everything(experiment, tmp_p
     interval = stats.ratio({"n": 16, "both": 2, "a_only": 6, "b_only": 0, "neither": 8})
     assert f"the hard student inherits 4 [{interval['low']:.3g}, {interval['high']:.3g}] times as many" in page
     assert "McNemar p = 0.031: distinguishable" in page  # 6 of 6 discordant teacher-only examples: 2 / 2**6
-    assert "soft memorizes 11.1% more than the baselines' mean: +1 pp [" in page
-    assert "against b0 (p = 1, Holm 1: not distinguishable)" in page
+    assert "soft memorizes 1.11 times the baselines' mean: +1 pp [" in page
+    assert "against b0 (Holm p = 1: not distinguishable)" in page
     assert "Predictor at the real base rate" in page and "kl_teacher_baseline" in page
     assert SCRIPT not in page  # the training text travels escaped
     data = embedded(page)
