@@ -248,4 +248,4 @@ def predictor_inputs(tmp_path) -> dict:
     fingerprint = load_source(DataSpec(str(data))).fingerprint
     feats = write_features(tmp_path / "feats", ids, x, fingerprint)
     labels = write_run(tmp_path / "labels", ids, {i for i, hit in zip(ids, y) if hit}, data_fingerprint=fingerprint)
-    return dict(data=str(data), feats=feats, labels=labels, ids=ids, y=y, x=x, tmp=tmp_path)
+    return {"data": str(data), "feats": feats, "labels": labels, "ids": ids, "y": y, "x": x, "tmp": tmp_path}
