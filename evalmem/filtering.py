@@ -3,7 +3,8 @@ removing them did (`evalmem filter-effect`: the risk-filtering experiment's numb
 
 The ranking is the predictor's cross-fitted risk (predict/risk.parquet) when the features are of the data the
 predictor was fit on, so no example is ranked by a model that saw its own label; on other data, the saved model's
-probability. A random removal of the same size (`--random`) is the experiment's control.
+probability (model.json, rebuilt from its numbers; a predictor directory holding a pickle is refused). A random
+removal of the same size (`--random`) is the experiment's control.
 """
 
 from __future__ import annotations
@@ -17,28 +18,22 @@ import pyarrow.parquet as pq
 
 from evalmem.analysis import load_run
 from evalmem.data import load_source
-from evalmem.errors import InputError, first_line
-from evalmem.predict import feature_table, matrix
+from evalmem.errors import InputError
+from evalmem.predict import feature_table, load_predictor, matrix
 from evalmem.settings import DataSpec, FilterSettings
 from evalmem.store import make_dir, read_results, write_atomic, write_json
 
 
 def risk_scores(predictor: str, features: str) -> tuple[list, np.ndarray, str]:
     """(example ids, risk, fingerprint of the features' data): cross-fitted where the predictor has it for
-    these features' data, else the saved model applied to the features."""
-    import joblib
-
-    try:
-        saved = joblib.load(Path(predictor) / "model.joblib")
-        report = json.loads((Path(predictor) / "predict.json").read_text())
-    except Exception as exc:
-        raise InputError(f"cannot load the predictor in {predictor}: {first_line(exc)}") from exc
-    settings, feats = feature_table(features, saved["features"], report.get("counts_dir"), report.get("scores_dir"))
+    these features' data, else the saved model (model.json) applied to the features."""
+    model, names, fitted_on, report = load_predictor(predictor)
+    settings, feats = feature_table(features, names, report.get("counts_dir"), report.get("scores_dir"))
     fingerprint = settings.get("data_fingerprint")
-    if fingerprint == report.get("data_fingerprint") and (Path(predictor) / "risk.parquet").exists():
+    if fingerprint == fitted_on and (Path(predictor) / "risk.parquet").exists():
         risk = read_results(Path(predictor) / "risk.parquet", ["example_id", "risk"])
         return risk["example_id"].to_pylist(), risk["risk"].to_numpy(), fingerprint
-    prob = saved["model"].predict_proba(matrix(feats, saved["features"]))[:, 1]
+    prob = model.predict_proba(matrix(feats, names))[:, 1]
     return feats["example_id"].to_pylist(), prob, fingerprint
 
 

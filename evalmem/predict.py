@@ -1,14 +1,20 @@
-"""The memorization risk model and risk filtering.
+"""The memorization risk model: its protocol, its intervals, and the saved model as data.
 
 `predict` (the paper's protocol): positives are the examples the student memorized, negatives are
 resampled 1:neg_ratio in every trial, test_size of that balanced set is held out; a logistic regression
 on standardized features (scikit-learn Pipeline) reports ROC-AUC, precision and recall (threshold 0.5)
 and standardized coefficients, mean ± std over trials. Because resampling inflates precision, every
 trial is ALSO scored on all examples it did not train on, at their real base rate.
-The saved model (model.joblib) is fit on all positives and neg_ratio times as many sampled negatives,
-so its probabilities assume that 1:neg_ratio prior; a ranking (`filter --top-frac`) does not depend on it.
 risk.parquet holds every example's cross-fitted risk: scored by a model fit on the other folds, never on its
 own label, so ranking the training data by it is honest (`filter` and the risk-filtering experiment use it).
+On it, at the real base rate, `intervals` gives ROC-AUC and average precision with stratified bootstrap
+intervals and precision and recall at the threshold with Wilson intervals.
+
+The saved model (model.json) is fit on all positives and neg_ratio times as many sampled negatives, so its
+probabilities assume that 1:neg_ratio prior; a ranking (`filter --top-frac`) does not depend on it. It is
+stored as numbers (the scaler's mean and scale, the coefficients and intercept) and rebuilt into the same
+scikit-learn Pipeline on loading; a pickle in a predictor directory is refused, never loaded, since
+loading a pickle can run any code and predictor directories are shared.
 
 Curves for the report (predict.json): each trial's held-out ROC curve interpolated on a common grid of false
 positive rates, and its precision-recall curve at the real base rate on a grid of recalls (interpolated
@@ -17,6 +23,9 @@ precision: the best precision at that recall or more), mean ± std over trials.
 
 from __future__ import annotations
 
+import json
+import math
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +37,8 @@ from evalmem.errors import InputError, first_line
 from evalmem.profile import MEMBERSHIP
 from evalmem.settings import COUNT_FEATURES, DEFAULT_FEATURES, FEATURES, PredictSettings, longest_prefix
 from evalmem.store import make_dir, read_results, write_atomic, write_json
+
+KNOWN_FEATURES = FEATURES + COUNT_FEATURES + MEMBERSHIP
 
 
 def make_model():
@@ -198,11 +209,176 @@ def fit_predictor(x: np.ndarray, y: np.ndarray, names, trials: int, neg_ratio: f
     return report, final
 
 
+CONFIDENCE = 0.95
+INTERVAL_METHOD = ("stratified bootstrap (memorized and unmemorized examples resampled separately: "
+                   "scipy.stats.bootstrap, two samples), percentile interval, for roc_auc and average_precision; "
+                   "Wilson score interval (scipy.stats.binomtest) for precision and recall at the threshold")
+BOOTSTRAP_BATCH = 2**22  # resampled scores held at once across a batch of resamples (memory, not results)
+
+
+def tie_counts(groups: np.ndarray, n_groups: int) -> np.ndarray:
+    """Per resample (rows of `groups`, tie-group ids), how many of its examples fall in each tie group."""
+    rows = groups.reshape(-1, groups.shape[-1])
+    offsets = (rows + n_groups * np.arange(len(rows))[:, None]).ravel()
+    return np.bincount(offsets, minlength=n_groups * len(rows)).reshape(len(rows), n_groups)
+
+
+def ranking_scores(pos: np.ndarray, neg: np.ndarray, axis: int = -1, *, n_groups: int) -> np.ndarray:
+    """ROC-AUC and average precision (scikit-learn's definitions, ties as one threshold) of resamples whose
+    memorized (`pos`) and unmemorized (`neg`) examples are given by tie group (0 = the highest score): counted
+    per group, so a resample of a million examples costs a count, not a sort."""
+    pos, neg = np.moveaxis(pos, axis, -1), np.moveaxis(neg, axis, -1)
+    tp, fp = tie_counts(pos, n_groups), tie_counts(neg, n_groups)
+    cum_tp, cum_fp = tp.cumsum(-1), fp.cumsum(-1)
+    auc = (fp * (cum_tp - tp / 2)).sum(-1) / (pos.shape[-1] * neg.shape[-1])  # ties count one half
+    precision = np.divide(cum_tp, cum_tp + cum_fp, out=np.zeros(cum_tp.shape), where=tp > 0)
+    ap = (tp * precision).sum(-1) / pos.shape[-1]  # precision at each threshold weighted by the recall gained
+    return np.stack([auc.reshape(pos.shape[:-1]), ap.reshape(pos.shape[:-1])])
+
+
+def wilson(successes: int, trials: int) -> dict:
+    """A proportion with its Wilson score interval; none observed (nothing flagged): 0 in [0, 1]."""
+    from scipy.stats import binomtest
+
+    if trials == 0:
+        return {"estimate": 0.0, "low": 0.0, "high": 1.0}
+    ci = binomtest(successes, trials).proportion_ci(CONFIDENCE, method="wilson")
+    return {"estimate": successes / trials, "low": float(ci.low), "high": float(ci.high)}
+
+
+def intervals(y: np.ndarray, risk: np.ndarray, n_resamples: int, seed: int, threshold: float = 0.5) -> dict:
+    """ROC-AUC and average precision of `risk` with stratified bootstrap percentile intervals, and precision
+    and recall at `threshold` with Wilson intervals, at the real base rate of `y` (predict.json `intervals`)."""
+    from scipy.stats import bootstrap
+
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if min(n_pos, n_neg) < 2:
+        raise InputError(f"intervals need at least 2 memorized and 2 unmemorized examples, got {n_pos} and {n_neg}")
+    _, groups = np.unique(-risk, return_inverse=True)
+    statistic = partial(ranking_scores, n_groups=int(groups.max()) + 1)
+    samples = (groups[y], groups[~y])
+    estimate = statistic(*samples)  # the same computation as every resample's, so a degenerate interval holds it
+    boot = bootstrap(samples, statistic, n_resamples=n_resamples, vectorized=True,
+                     batch=max(1, BOOTSTRAP_BATCH // len(y)), confidence_level=CONFIDENCE, method="percentile",
+                     rng=np.random.default_rng(seed))
+    low, high = boot.confidence_interval
+    flagged = risk >= threshold
+    tp = int((flagged & y).sum())
+    return {"method": INTERVAL_METHOD, "confidence": CONFIDENCE, "n_resamples": n_resamples, "seed": seed,
+            "scores": "cross-fitted risk",
+            **{name: {"estimate": float(estimate[i]), "low": float(low[i]), "high": float(high[i])}
+               for i, name in enumerate(("roc_auc", "average_precision"))},
+            "precision": wilson(tp, int(flagged.sum())), "recall": wilson(tp, n_pos), "threshold": threshold,
+            "base_rate": n_pos / len(y)}
+
+
+MODEL_FORMAT = "evalmem-predictor/1"
+PICKLES = (".joblib", ".pkl", ".pickle")  # never loaded: unpickling runs whatever code the file names
+
+
+def model_document(model, names, fingerprint: str | None, neg_ratio: float) -> dict:
+    """The fitted Pipeline as data (model.json): every number its predict_proba uses, and where it came from."""
+    import sklearn
+
+    from evalmem import __version__
+
+    scaler, logistic = model[0], model[-1]
+    return {"format": MODEL_FORMAT, "model": "scikit-learn StandardScaler then LogisticRegression",
+            "features": list(names), "scaler": {"mean": scaler.mean_.tolist(), "scale": scaler.scale_.tolist()},
+            "logistic_regression": {"coefficients": logistic.coef_[0].tolist(),
+                                    "intercept": float(logistic.intercept_[0])},
+            "neg_ratio": neg_ratio, "data_fingerprint": fingerprint,
+            "versions": {"evalmem": __version__, "scikit-learn": sklearn.__version__}}
+
+
+def numbers(doc: dict, section: str, key: str, size: int | None) -> np.ndarray:
+    """`doc[section][key]`: `size` finite numbers (one number where `size` is None), checked."""
+    part = doc.get(section)
+    value = part.get(key) if isinstance(part, dict) else None
+    values = [value] if size is None else value
+    try:
+        ok = isinstance(values, list) and len(values) == (size or 1) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+    except OverflowError:  # an integer beyond float64
+        ok = False
+    if not ok:
+        raise ValueError(f"{section}.{key} must be {'one finite number' if size is None else f'{size} finite numbers'}")
+    return np.asarray(values, dtype=np.float64)
+
+
+def rebuild(doc: dict) -> tuple:
+    """The Pipeline and feature names of a model.json document, its shape checked (ValueError naming the
+    first problem)."""
+    if doc.get("format") != MODEL_FORMAT:
+        raise ValueError(f"format is not {MODEL_FORMAT!r}")
+    names = doc.get("features")
+    if not (isinstance(names, list) and names and all(n in KNOWN_FEATURES for n in names)
+            and len(set(names)) == len(names)):
+        raise ValueError(f"features must be distinct names among {', '.join(KNOWN_FEATURES)}")
+    model = make_model()
+    scaler, logistic = model[0], model[-1]
+    scaler.mean_ = numbers(doc, "scaler", "mean", len(names))
+    scaler.scale_ = numbers(doc, "scaler", "scale", len(names))
+    if (scaler.scale_ <= 0).any():
+        raise ValueError("scaler.scale must be positive")
+    logistic.coef_ = numbers(doc, "logistic_regression", "coefficients", len(names))[None, :]
+    logistic.intercept_ = numbers(doc, "logistic_regression", "intercept", None)
+    logistic.classes_ = np.array([False, True])  # the labels: memorized or not
+    scaler.n_features_in_ = logistic.n_features_in_ = len(names)
+    return model, names
+
+
+def not_a_number(constant: str):
+    raise ValueError(f"{constant} is not a JSON number")
+
+
+def read_object(path: Path) -> dict:
+    """A JSON object; NaN and Infinity are refused, as JSON has no such numbers."""
+    value = json.loads(path.read_text(), parse_constant=not_a_number)
+    if not isinstance(value, dict):
+        raise ValueError("not a JSON object")
+    return value
+
+
+def load_predictor(directory: str | Path) -> tuple:
+    """(Pipeline, feature names, data fingerprint, predict.json) of an `evalmem predict` directory; the model
+    rebuilt from model.json, never from a pickle."""
+    directory = Path(directory)
+
+    def refuse(why: str):
+        return InputError(f"cannot load the predictor in {directory}: {why}")
+
+    def read(name: str) -> dict:
+        try:
+            return read_object(directory / name)
+        except FileNotFoundError:
+            raise refuse(f"no {name} (a directory written by `evalmem predict` holds one)") from None
+        except (OSError, ValueError) as exc:
+            raise refuse(f"{name}: {first_line(exc)}") from exc
+
+    if not directory.is_dir():
+        raise refuse("no such directory")
+    pickles = sorted(p.name for p in directory.iterdir() if p.suffix.lower() in PICKLES)
+    path = directory / "model.json"
+    if path.is_file():
+        with path.open("rb") as f:
+            if f.read(1) == b"\x80":  # the PROTO opcode that pickles (protocol 2 and later) start with
+                pickles.insert(0, path.name)
+    if pickles:
+        raise refuse(f"{pickles[0]} is a pickle, which evalmem never loads (loading one can run any code); fit "
+                     "the predictor again with `evalmem predict` and share its model.json")
+    doc, report = read("model.json"), read("predict.json")
+    try:
+        model, names = rebuild(doc)
+    except ValueError as exc:
+        raise refuse(f"model.json is not an evalmem predictor: {exc}") from exc
+    return model, names, doc.get("data_fingerprint"), report
+
+
 def predict_run(features: str, labels: str, out: str, columns, protocol: PredictSettings,
                 counts: str | None = None, prefix_len: int | None = None, scores: str | None = None) -> dict:
-    """`evalmem predict`: fit and evaluate; write OUT/predict.json, OUT/model.joblib and OUT/risk.parquet (every
+    """`evalmem predict`: fit and evaluate; write OUT/predict.json, OUT/model.json and OUT/risk.parquet (every
     example's cross-fitted risk)."""
-    import joblib
     from sklearn.metrics import roc_auc_score
 
     columns = list(columns or DEFAULT_FEATURES)
@@ -211,12 +387,13 @@ def predict_run(features: str, labels: str, out: str, columns, protocol: Predict
                                   protocol.seed)
     risk = cross_fitted(x, y, protocol.neg_ratio, protocol.folds, protocol.seed)
     report["cross_fitted"] = {"folds": protocol.folds, "roc_auc": float(roc_auc_score(y, risk))}
+    report["intervals"] = intervals(y, risk, protocol.bootstrap, protocol.seed)
     report.update({"features_dir": str(features), "labels_dir": str(Path(labels).resolve()), "counts_dir": counts,
                    "scores_dir": scores,
-                   "data_fingerprint": settings.get("data_fingerprint"), "model_file": "model.joblib",
+                   "data_fingerprint": settings.get("data_fingerprint"), "model_file": "model.json",
                    "risk_file": "risk.parquet"})
     out = make_dir(out)
-    write_atomic(out / "model.joblib", lambda tmp: joblib.dump({"model": model, "features": columns}, tmp))
+    write_json(out / "model.json", model_document(model, columns, report["data_fingerprint"], protocol.neg_ratio))
     table = pa.table({"example_id": ids, "risk": risk, "memorized": y})
     write_atomic(out / "risk.parquet", lambda tmp: pq.write_table(table, tmp))
     write_json(out / "predict.json", report)

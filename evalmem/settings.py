@@ -261,9 +261,12 @@ class PredictSettings:
                                                           min_open=True))
     test_size: float = field(default=0.3, metadata=option(
         "Fraction of each trial's examples held out for testing.", min=0, min_open=True, max=1, max_open=True))
-    seed: int = field(default=0, metadata=option("Seed of the resampling."))
+    seed: int = field(default=0, metadata=option("Seed of the resampling (trials, folds and bootstrap)."))
     folds: int = field(default=5, metadata=option(
         "Folds of the cross-fitted risk (risk.parquet): each example scored by a model fit on the others.", min=2))
+    bootstrap: int = field(default=1000, metadata=option(
+        "Bootstrap resamples of the 95% intervals of ROC-AUC and average precision on the cross-fitted risk "
+        "(predict.json `intervals`; memorized and unmemorized examples resampled separately).", min=1))
 
 
 @dataclass(frozen=True)

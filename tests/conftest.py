@@ -15,7 +15,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from helpers import (COMMAND_ARGS, KILLED_ARGS, PREFIX, SUFFIX, invoke_cli, lora_setup, memorizing_setup,  # noqa: E402
-                     run_cli)
+                     predictor_inputs, run_cli)
 
 
 @pytest.fixture(scope="session")
@@ -42,6 +42,12 @@ def cli():
 @pytest.fixture
 def invoke():
     return invoke_cli
+
+
+@pytest.fixture
+def predictor_data(tmp_path):
+    """Synthetic features and labels of a data file for `evalmem predict` and `filter` (`helpers.predictor_inputs`)."""
+    return predictor_inputs(tmp_path)
 
 
 @pytest.fixture(scope="session")

@@ -227,3 +227,30 @@ def compare_args(runs, out):
     return ["compare", "--teacher", runs["teacher"], "--baseline", f"b0={runs['b0']}", "--baseline",
             f"b1={runs['b1']}", "--student", f"soft={runs['soft']}", "--student", f"hard={runs['hard']}",
             "--out", out]
+
+
+def synthetic(n=3000, n_pos=90, separation=3.0, seed=0):
+    """Labels with `n_pos` positives and the paper's four features, the first shifted by `separation`
+    standard deviations for positives, the others pure noise."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    y = np.zeros(n, dtype=bool)
+    y[rng.choice(n, n_pos, replace=False)] = True
+    x = rng.normal(size=(n, 4))
+    x[:, 0] += separation * y
+    return x, y
+
+
+def predictor_inputs(tmp_path) -> dict:
+    """A data file, features of its 600 examples and labels where 30 are memorized (feature 0 separates)."""
+    from evalmem.data import load_source
+    from evalmem.settings import DataSpec
+
+    x, y = synthetic(n=600, n_pos=30, separation=6.0)
+    ids = [f"d{i}" for i in range(600)]
+    data = write_jsonl(tmp_path / "data.jsonl", [{"id": i, "text": f"example {i}"} for i in ids])
+    fingerprint = load_source(DataSpec(str(data))).fingerprint
+    feats = write_features(tmp_path / "feats", ids, x, fingerprint)
+    labels = write_run(tmp_path / "labels", ids, {i for i, hit in zip(ids, y) if hit}, data_fingerprint=fingerprint)
+    return {"data": str(data), "feats": feats, "labels": labels, "ids": ids, "y": y, "x": x, "tmp": tmp_path}

@@ -243,18 +243,3 @@ def test_memorization_by_copy_count(invoke, runs, tmp_path):
     bad = dict(settings, prefix_len=32)
     (counts / "manifest.json").write_text(json.dumps({"settings": bad}))
     assert "differ in prefix_len" in invoke(*compare_args(runs, tmp_path / "c2"), "--counts", counts, code=2).output
-
-
-def test_filter_effect_counts_on_the_kept_examples(invoke, tmp_path):
-    before = write_run(tmp_path / "before", IDS[:20], {"e0", "e1", "e2", "e10"})
-    after = write_run(tmp_path / "after", IDS[3:20], {"e10"})  # e0-e2 dropped
-    control = write_run(tmp_path / "control", IDS[:17], {"e0", "e1", "e2"})  # e17-e19 dropped
-    invoke("filter-effect", "--before", f"soft={before}", "--after", f"soft={after}", "--control",
-           f"soft={control}", "--out", tmp_path / "effect.json")
-    effect = json.loads((tmp_path / "effect.json").read_text())["soft"]
-    assert (effect["dropped"], effect["memorized_before"], effect["memorized_after"]) == (3, 1, 1)
-    assert effect["random_control"] == {"dropped": 3, "kept": 17, "memorized_before": 4, "memorized_after": 3}
-    wrong = write_run(tmp_path / "wrong", ["x1"], set())
-    result = invoke("filter-effect", "--before", f"soft={before}", "--after", f"soft={wrong}", "--control",
-                    f"soft={control}", "--out", tmp_path / "e2.json", code=2)
-    assert "holds examples that" in result.output

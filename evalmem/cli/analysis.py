@@ -42,7 +42,7 @@ def compare(teacher, baselines, students, others, series, counts, prefix_len, ou
               help="Directory written by `evalmem features`.")
 @click.option("--labels", required=True, type=click.Path(file_okay=False),
               help="Extraction run whose exact matches are the positives (the student's).")
-@out_option("Directory for predict.json and model.joblib.")
+@out_option("Directory for predict.json, model.json (the model as data) and risk.parquet.")
 @click.option("--feature", "columns", multiple=True, type=click.Choice(FEATURES + COUNT_FEATURES + MEMBERSHIP),
               help="Feature column to use; repeatable [default: the paper's four: teacher_ppl, baseline_ppl, "
                    "kl_teacher_baseline, zlib_entropy; suffix_count and window_count need --counts; loss, "
@@ -80,10 +80,17 @@ def filter_(predictor, features_dir, data, out, selection):
     click.echo(json.dumps(filter_run(predictor, features_dir, data, out, selection), indent=2))
 
 
-def named(specs: tuple[str, ...]) -> dict[str, str]:
+def named(specs: tuple[str, ...], option: str) -> dict[str, str]:
+    """NAME=DIR specs by name; a name given twice is refused (one of its runs would be silently dropped)."""
     from evalmem.analysis import parse_spec
+    from evalmem.errors import InputError
 
-    return dict(parse_spec(s, s) for s in specs)
+    pairs = [parse_spec(s, s) for s in specs]
+    names = [name for name, _ in pairs]
+    for name in names:
+        if names.count(name) > 1:
+            raise InputError(f"{option} names {name} twice: give each student once")
+    return dict(pairs)
 
 
 @click.command("filter-effect")
@@ -99,7 +106,8 @@ def filter_effect(before, after, control, out):
     before and after filtering, and after a random removal of the same size."""
     from evalmem.filtering import filter_effect as run
 
-    click.echo(json.dumps(run(named(before), named(after), named(control), out), indent=2))
+    click.echo(json.dumps(run(named(before, "--before"), named(after, "--after"), named(control, "--control"),
+                               out), indent=2))
 
 
 @click.command()
