@@ -16,7 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from evalmem.analysis import load_run
+from evalmem import stats
+from evalmem.analysis import join, load_run
 from evalmem.data import load_source
 from evalmem.errors import InputError
 from evalmem.predict import feature_table, load_predictor, matrix
@@ -87,10 +88,21 @@ def write_rows(table: pa.Table, path: Path, fmt: str) -> None:
             f.writelines(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in batch.to_pylist())
 
 
+def paired_on_shared(a, b) -> dict:
+    """The paired test of two runs on the examples both hold (none shared: an empty table)."""
+    shared = set(a.ids) & set(b.ids)
+    if not shared:
+        return stats.paired([], [])
+    first, second = join([a, b])
+    return stats.paired(first.hits(), second.hits())
+
+
 def filter_effect(before: dict[str, str], after: dict[str, str], control: dict[str, str], out: str) -> dict:
     """`evalmem filter-effect`: per student, the examples dropped and its memorized count on the examples kept,
     distilled on all the data (`before`) and on what the filter kept (`after`); the same for a random removal of
-    the same size (`control`). Counted on the kept examples only, so the drop is not just the removed ones."""
+    the same size (`control`). Counted on the kept examples only, so the drop is not just the removed ones. `paired`:
+    the filtered student against the random control on the examples both kept, and against the student distilled
+    on all the data on the examples the filter kept (evalmem.stats.paired: a is the filtered student)."""
     if not before or set(before) != set(after) or set(before) != set(control):
         raise InputError("name every student in --before, --after and --control alike (NAME=DIR each)")
     result = {}
@@ -111,5 +123,7 @@ def filter_effect(before: dict[str, str], after: dict[str, str], control: dict[s
                 result[name][key] = cells
             else:
                 result[name].update(cells)
+        result[name]["paired"] = {"after_vs_control": paired_on_shared(runs["after"], runs["control"]),
+                                  "after_vs_before": paired_on_shared(runs["after"], runs["before"])}
     write_json(out, result)
     return result

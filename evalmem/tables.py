@@ -145,7 +145,15 @@ def predict_tables(pred: dict) -> list[Table]:
          [[ms(real[k]) for k in ("base_rate", "roc_auc", "average_precision", "precision", "recall")]]),
         ("Standardized coefficients", ["feature", "coefficient"],
          [[name, ms(c)] for name, c in pred["coefficients"].items()]),
-    ]
+    ] + ([intervals_table(pred["intervals"])] if "intervals" in pred else [])
+
+
+def intervals_table(found: dict) -> Table:
+    """The predictor on every example's cross-fitted risk at the real base rate, with 95% intervals."""
+    return (f"Predictor on the {found['scores']} at the real base rate ({pct(found['base_rate'])}; 95% intervals: "
+            f"{found['method']})", ["ROC-AUC", "average precision", f"precision at {found['threshold']:g}",
+                                    f"recall at {found['threshold']:g}"],
+            [[estimate_ci(found[k]) for k in ("roc_auc", "average_precision", "precision", "recall")]])
 
 
 def utility_table(utility: dict) -> Table:
@@ -196,10 +204,18 @@ def estimate_ci(d: dict) -> str:
 def risk_table(risk: dict) -> Table:
     """The risk-filtering experiment: memorized examples among those kept, before and after removing the
     riskiest, against a random removal of the same size."""
-    return ("Risk filtering (memorized among the kept examples)",
-            ["student", "dropped", "memorized before", "memorized after", "random removal: before", "after"],
+    def versus(r):
+        test = r.get("paired", {}).get("after_vs_control")
+        if not test:
+            return ["–", "–"]
+        return [f"{difference(test['difference'])}, p = {p_value(test['p_value'])}", verdict(test["p_value"])]
+
+    return ("Risk filtering (memorized among the kept examples; filtered vs random on the examples both kept, "
+            "exact McNemar)",
+            ["student", "dropped", "memorized before", "memorized after", "random removal: before", "after",
+             "filtered − random", "verdict"],
             [[name, r["dropped"], r["memorized_before"], r["memorized_after"],
-              r["random_control"]["memorized_before"], r["random_control"]["memorized_after"]]
+              r["random_control"]["memorized_before"], r["random_control"]["memorized_after"], *versus(r)]
              for name, r in risk.items()])
 
 

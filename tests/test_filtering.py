@@ -223,12 +223,19 @@ def test_filter_effect_counts_on_the_kept_examples(invoke, tmp_path):
     result = invoke("filter-effect", *effect_args(effect_runs(tmp_path)), "--out", tmp_path / "effect.json")
     effect = json.loads((tmp_path / "effect.json").read_text())
     assert json.loads(result.stdout) == effect and set(effect) == {"soft", "hard"}
+    paired = effect["soft"].pop("paired")
     assert effect["soft"] == {"n_examples": 20, "memorized_all": 4, "dropped": 3, "kept": 17, "memorized_before": 1,
                               "memorized_after": 1, "random_control": {"dropped": 3, "kept": 17,
                                                                        "memorized_before": 4, "memorized_after": 3}}
+    cells = ("n", "both", "a_only", "b_only", "neither")
+    # both kept e3-e16: the filtered student memorizes e10 there, the control none (its e0-e2 were dropped)
+    assert [paired["after_vs_control"][k] for k in cells] == [14, 0, 1, 0, 13]
+    assert paired["after_vs_control"]["p_value"] == 1.0
+    assert [paired["after_vs_before"][k] for k in cells] == [17, 1, 0, 0, 16]  # e10, memorized before and after
     hard = effect["hard"]
     assert (hard["memorized_all"], hard["memorized_before"], hard["memorized_after"]) == (4, 3, 3)
     assert hard["random_control"] == {"dropped": 3, "kept": 17, "memorized_before": 2, "memorized_after": 0}
+    assert hard["paired"]["after_vs_control"]["a_only"] == 1 and hard["paired"]["after_vs_before"]["both"] == 3
 
 
 @pytest.mark.parametrize("case, words", [

@@ -96,6 +96,8 @@ def test_report_begins_with_the_headline_and_embeds_everything(experiment, tmp_p
     assert "soft memorizes 1.11 times the baselines' mean: +1 pp [" in page
     assert "against b0 (Holm p = 1: not distinguishable)" in page
     assert "Predictor at the real base rate" in page and "kl_teacher_baseline" in page
+    auc = json.loads((experiment.root / "pred" / "predict.json").read_text())["intervals"]["roc_auc"]
+    assert f"ROC-AUC {auc['estimate']:.3g} [{auc['low']:.3g}, {auc['high']:.3g}]" in page  # the bootstrap interval
     assert SCRIPT not in page  # the training text travels escaped
     data = embedded(page)
     assert len(data["rows"]) == 39 and data["left_out"] == 0 and data["has_risk"]  # e0..e38: memorized by some model
