@@ -124,11 +124,11 @@ def test_prepare_builds_tokenizer_models_and_duplicated_windows(tmp_path):
     assert not {r["id"] for r in train} & {r["id"] for r in heldout}
     windows = {r["id"]: r["input_ids"] for r in train}
     record = json.loads((tmp_path / "data" / "duplication.json").read_text())
-    assert [p["copies"] for p in record["passages"]] == [8, 5, 3, 3]  # round(8 / rank**0.8), at least 2
-    assert [p["kind"] for p in record["passages"]] == ["exact", "shifted", "near", "exact"]
-    exact = record["passages"][0]
+    assert [p["copies"] for p in record["passages"]] == [8, 4, 3, 2]  # round(8 / rank**0.85), at least 2
+    assert [p["kind"] for p in record["passages"]] == ["shifted", "near", "exact", "shifted"]  # the recipe's kinds
+    exact = record["passages"][2]
     assert len({tuple(windows[i]) for i in exact["ids"]}) == 1, "exact copies are the same window"
-    near = record["passages"][2]
+    near = record["passages"][1]
     differing = [sum(a != b for a, b in zip(windows[near["ids"][0]], windows[i])) for i in near["ids"][1:]]
     assert max(differing) <= 3 and any(differing), "near copies are the original or differ in a few words"
     heldout_text = {tuple(r["input_ids"][i:i + 50]) for r in heldout for i in range(51)}
