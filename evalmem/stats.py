@@ -20,8 +20,8 @@ import math
 import numpy as np
 from scipy import stats
 
-CONFIDENCE = 0.95
-ALPHA = 1 - CONFIDENCE
+ALPHA = 0.05
+CONFIDENCE = 1 - ALPHA
 METHODS = {"confidence": CONFIDENCE, "alpha": ALPHA, "rate_interval": "Wilson score",
            "paired_test": "exact McNemar: two-sided binomial test on the discordant examples",
            "difference_interval": "Newcombe square-and-add of the Wilson intervals (paired)",
