@@ -3,7 +3,7 @@ inheritance ratios (bounded or not), what a run's mode did not compute; sentence
 
 import json
 
-from helpers import IDS, compare_args, members, write_run
+from helpers import IDS, compare_args, invoke_cli, members, write_run
 
 from evalmem import stats
 from evalmem.findings import findings, mode_note, relative
@@ -12,8 +12,6 @@ from evalmem.findings import findings, mode_note, relative
 def comparison(tmp_path, mode="decode", memorized=members):
     dirs = {name: write_run(tmp_path / name, IDS, memorized(name), mode=mode)
             for name in ("teacher", "b0", "b1", "soft", "hard")}
-    from helpers import invoke_cli
-
     invoke_cli(*compare_args(dirs, tmp_path / "cmp"))
     return json.loads((tmp_path / "cmp" / "compare.json").read_text())
 
