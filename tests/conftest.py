@@ -72,7 +72,7 @@ def uninterrupted(tiny, tmp_path_factory):
 @pytest.fixture(scope="module")  # its event loop must not outlive the module: other tests run asyncio
 def browser():
     """Headless Chromium (the system's, driven by Playwright; nothing downloaded). Skipped where there is none,
-    unless EVALMEM_REQUIRE_BROWSER is set (CI), where its absence fails the tests."""
+    unless EVALMEM_REQUIRE_BROWSER is set (scripts/test.sh, where Chromium is installed): then it fails them."""
     import shutil
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from transformers import Gemma2Config, Gemma2ForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from evalmem.screen import decide
-from evalmem.scores import (check_head, discoverable, extraction_logprob, head_stats, loss, match_len, min_k, min_k_pp,
-                            position_scores as scores_of)
+from evalmem.scores import (check_head, discoverable, extraction_logprob, head_stats, hidden_states, loss, match_len,
+                            min_k, min_k_pp, position_scores as scores_of)
 
 
 def position_scores(*args, **kwargs):
@@ -143,6 +143,15 @@ def test_min_k_pp_equals_mimir():
                                rtol=1e-5)
 
 
+def bf16_logit_error(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Per position, a bound on any logit's error in a bf16 matmul with float32 accumulation: the sum's
+    rounding (d float32 additions of exact bf16 products) plus the result's rounding to bf16 (half an ulp)."""
+    h, w = hidden.double(), weight.double()
+    exact = h @ w.T
+    accumulated = hidden.shape[-1] * 2.0 ** -24 * (h.abs() @ w.abs().T)
+    return (exact.abs() * 2.0 ** -8 + accumulated).amax(-1) * 1.01 + 1e-6, exact
+
+
 def test_bf16_weights_give_float32_close_to_fp32():
     ids = windows_with_hits(tiny_llama())
     fp32 = position_scores(tiny_llama(), ids, 0.7, 40, rows=50, vocab_chunk=999)
@@ -153,9 +162,28 @@ def test_bf16_weights_give_float32_close_to_fp32():
         err = np.abs(bf16[k] - fp32[k])
         assert np.median(err) < 0.05 and err.max() < 1.0, (k, np.median(err), err.max())
     assert (bf16["hit"] == fp32["hit"]).mean() > 0.97
-    with torch.no_grad():  # against the bf16 model's own logits, the fused statistics are float32-exact
-        ref = reference(bf16_model(input_ids=ids).logits[:, :-1].float(), ids[:, 1:], 0.7, 40)
-    assert_matches(bf16, ref, tol=2e-4, tie_tol=0.5)
+
+
+def test_bf16_statistics_within_bf16_error_of_exact_logits():
+    """Against the float64 product of the same bf16 hidden states and weights, each statistic is off by at
+    most what an error e per logit can move it: 2e for gap and log-probabilities, e(sigma + 2 sigma^2) for
+    sigma^2 and e sigma for mu (their gradients), twice over for the second-order terms."""
+    model, temperature = tiny_llama(dtype=torch.bfloat16), 0.7
+    ids = windows_with_hits(model)
+    ours = position_scores(model, ids, temperature, rows=50, vocab_chunk=999)
+    with torch.no_grad():
+        hidden = hidden_states(model, ids[:, :-1])
+        e, exact = bf16_logit_error(hidden, model.lm_head.weight)
+    ref = {k: v.numpy() for k, v in reference(exact, ids[:, 1:], temperature).items()}
+    e = e.numpy()
+    sigma = np.sqrt(ref["sigma2"])
+    bound = {"gap": 2 * e, "logp": 2 * e, "sample_logp": 2 * e / temperature, "mu": 2 * e * (1 + sigma),
+             "sigma2": 4 * e * (sigma + ref["sigma2"]) + 4 * e * e}
+    for k, b in bound.items():
+        slack = b + 2e-4 * (1 + np.abs(ref[k]))  # the float32 statistics' own rounding
+        assert (np.abs(ours[k] - ref[k]) <= slack).all(), (k, np.abs(ours[k] - ref[k]).max())
+    clear = np.abs(ref["gap"]) > 2 * e
+    assert clear.mean() > 0.9 and (ours["hit"] == ref["hit"])[clear].all()
 
 
 def test_softcapped_head_supported_and_wrong_head_refused():

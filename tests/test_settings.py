@@ -15,7 +15,9 @@ def test_options_come_from_the_fields():
         click.echo(repr(job))
 
     names = {p.opts[0] for p in command.params}
-    assert names == {"--model", "--adapter", "--prefix-len", "--max-new-tokens", "--temperature", "--top-p", "--seed"}
+    assert names == {
+        "--model", "--adapter", "--revision", "--prefix-len", "--max-new-tokens", "--temperature", "--top-p", "--seed"
+    }
     from click.testing import CliRunner
 
     result = CliRunner().invoke(command, ["--model", "m", "--temperature", "0.5"])
