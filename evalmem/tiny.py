@@ -58,7 +58,7 @@ def build_model(out_dir: str | Path, tokenizer, hidden: int = 128, layers: int =
 
 def token_windows(texts: list[str], tokenizer, length: int, count: int | None = None) -> list[list[int]]:
     """Concatenate `texts` (EOS between them) and cut the token stream into consecutive `length`-token
-    windows, or into `count` evenly spaced ones (overlapping where the stream is too short for them)."""
+    windows: all of them, or the first `count` (evenly overlapping where the stream is too short for them)."""
     stream: list[int] = []
     for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
         stream.extend(ids + [tokenizer.eos_token_id])
