@@ -326,3 +326,53 @@ def test_extract_a_hub_revision(tiny, runs, tmp_path):
     proc = run_cli("extract", "--model", tiny.model, "--revision", "step10", "--data", tiny.data, "--out",
                    tmp_path / "local", check=False, env=env)
     assert proc.returncode == 2 and "is a local folder" in proc.stderr
+
+
+# --- a real vocabulary's size ---
+
+
+@pytest.fixture(scope="module")
+def wide(tiny, tmp_path_factory):
+    """A small Llama at SmolLM2's vocabulary (49,152 entries, tied embeddings) with windows it memorizes: its own
+    greedy continuations in full (memorized), greedy for some tokens then another token (part-way), and random."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from helpers import write_jsonl
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128,
+                                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                                         max_position_embeddings=128, tie_word_embeddings=True)).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(30)  # peaked distributions: clear arg-maxes (random init is near-uniform)
+    prefix, suffix, g = 24, 24, torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 2048, (18, prefix + suffix), generator=g)  # ids the tiny tokenizer can decode
+    with torch.no_grad():
+        greedy = model.generate(ids[:12, :prefix], attention_mask=torch.ones(12, prefix, dtype=torch.long),
+                                max_new_tokens=suffix, do_sample=False, eos_token_id=None, pad_token_id=0)
+    ids[:12, prefix:] = greedy[:, prefix:]
+    for row, keep in zip(range(6, 12), (0, 3, 7, 12, 18, 23)):  # part-way: the first `keep` suffix tokens
+        ids[row, prefix + keep] = (greedy[row, prefix + keep] + 1) % 2048
+    folder = tmp_path_factory.mktemp("wide")
+    model.save_pretrained(folder / "model")
+    shutil.copytree(tiny.root / "tokenizer", folder / "model", dirs_exist_ok=True)
+    data = write_jsonl(folder / "data.jsonl", [{"id": f"w{i}", "input_ids": w} for i, w in enumerate(ids.tolist())])
+    return folder, data, prefix, suffix
+
+
+def test_every_mode_equals_decode_at_a_real_vocabulary_size(wide):
+    from helpers import invoke_cli
+
+    folder, data, prefix, suffix = wide
+    runs = {"decode": ("decode", "vllm"), "decode-hf": ("decode", "hf"), "screen": ("screen", "hf"),
+            "verify-hf": ("verify", "hf"), "verify": ("verify", "vllm")}
+    rows = {}
+    for name, (mode, engine) in runs.items():
+        invoke_cli("extract", "--model", folder / "model", "--data", data, "--out", folder / name, "--mode", mode,
+                   "--engine", engine, "--prefix-len", prefix, "--suffix-len", suffix)
+        rows[name] = pq.read_table(folder / name / "results.parquet").to_pylist()
+    decode = rows["decode"]
+    assert [r["match_len"] for r in decode] == [suffix] * 6 + [0, 3, 7, 12, 18, 23] + [0] * 6
+    for name, found in rows.items():
+        for column in ("example_id", "exact_match", "match_len"):
+            assert [r[column] for r in found] == [r[column] for r in decode], (name, column)
