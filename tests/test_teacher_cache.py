@@ -168,8 +168,8 @@ def test_distill_soft_from_cache_equals_online_at_full_vocabulary(soft, tmp_path
 
 
 def test_distill_soft_from_top_k_cache_trains_a_subset(soft, tmp_path):
-    """k = 16: another loss (the tail of 2,032 tokens is one bucket); a subset of the cached windows (as the risk-filtered students train on) finds its
-    rows by window, wherever they are in the cache."""
+    """k = 16: another loss (the tail of 2,032 tokens is one bucket); a subset of the cached windows (as the
+    risk-filtered students train on) finds its rows by window, wherever they are in the cache."""
     train_cli("distill-soft", *recipe_args(soft, tmp_path / "k16"), "--teacher-cache", soft.root / "cache-16")
     got, online = losses(tmp_path / "k16"), losses(soft.root / "online")
     assert got != online and all(0 < loss < float("inf") for loss in got)
