@@ -194,3 +194,48 @@ def test_cache_of_other_data_or_teacher_is_refused(soft, tmp_path):
                        code=2)
     one_line_error(result.output, "is not a finished teacher cache")
     assert not any((tmp_path / name).exists() for name in "abc")
+
+
+def test_pipeline_computes_the_cache_once_and_every_soft_student_reads_it(tmp_path):
+    from test_stages import all_stages, parses
+
+    from evalmem.recipe import load_recipe
+
+    recipe = load_recipe(RECIPES / "tiny-kjv.yaml", [f"out={tmp_path}", "soft.teacher_cache=true", "soft.cache_k=16"])
+    found = {stage.name: stage for stage in all_stages(recipe)}
+    names = list(found)
+    for stage in found.values():
+        parses(stage.argv)
+    cache = found["teacher-cache"]
+    assert names.index("teacher") < names.index("teacher-cache") < names.index("soft")
+    assert cache.argv[cache.argv.index("--k") + 1] == "16" and cache.done == tmp_path / "teacher-cache" / "summary.json"
+    readers = {name for name, stage in found.items() if "--teacher-cache" in stage.argv}
+    assert readers == {"soft", "soft-filtered", "soft-random", "features"}
+    assert all(found[n].argv[found[n].argv.index("--teacher-cache") + 1] == str(tmp_path / "teacher-cache")
+               for n in readers)
+    off = load_recipe(RECIPES / "tiny-kjv.yaml", [f"out={tmp_path}"])
+    assert not any("--teacher-cache" in s.argv or s.name == "teacher-cache" for s in all_stages(off))
+
+
+def test_recipe_refuses_a_cache_k_below_one(tmp_path):
+    from evalmem.errors import InputError
+    from evalmem.recipe import load_recipe
+
+    with pytest.raises(InputError, match="soft.cache_k must be positive"):
+        load_recipe(RECIPES / "tiny-kjv.yaml", [f"out={tmp_path}", "soft.cache_k=0"])
+
+
+def test_features_kl_from_cache_at_full_vocabulary_equals_online(soft, tmp_path, invoke):
+    """k = V: the cache's KL is the full KL; the other features do not change."""
+    args = ["features", "--teacher", soft.tiny.model, "--baseline", soft.student, "--data", soft.few]
+    invoke(*args, "--out", tmp_path / "online")
+    invoke(*args, "--teacher-cache", soft.root / f"cache-{VOCAB}", "--out", tmp_path / "cached")
+    online, cached = (pq.read_table(tmp_path / d / "features.parquet").to_pydict() for d in ("online", "cached"))
+    assert cached["kl_teacher_baseline"] == pytest.approx(online["kl_teacher_baseline"], rel=1e-5)
+    assert cached["teacher_ppl"] == online["teacher_ppl"]
+    invoke(*args, "--teacher-cache", soft.root / "cache-16", "--out", tmp_path / "k16")
+    k16 = pq.read_table(tmp_path / "k16" / "features.parquet").to_pydict()["kl_teacher_baseline"]
+    assert all(0 <= a <= b * (1 + 1e-5) for a, b in zip(k16, online["kl_teacher_baseline"], strict=True))
+    result = invoke(*args, "--suffix-len", 40, "--teacher-cache", soft.root / "cache-16", "--out", tmp_path / "x",
+                    code=2)
+    one_line_error(result.output, "holds windows of 100 tokens", "= 90")
