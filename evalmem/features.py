@@ -11,6 +11,12 @@ and (`evalmem perplexity`) the utility of any number of checkpoints: perplexity 
 The window is the same prefix+suffix window `extract` uses (data.py), so features join results on
 `example_id`.
 
+With `--teacher-cache DIR` (an `evalmem teacher-cache` of the teacher on the same windows) kl_teacher_baseline is
+read from the cache's side: KL over the teacher's top-k tokens and one bucket for the rest of the tokenizer's
+vocabulary, at T = 1 (evalmem.teacher_cache.bucketed_kl). That is the KL of the coarsened distributions, at most the
+full KL and equal to it at k = vocabulary size; it ranks windows by how far the baseline is from the teacher's
+confident tokens and ignores how the two spread the tail. The teacher still runs for its perplexity and Min-K%.
+
 Why torch and not vLLM: every feature needs one teacher-forced forward pass, and the KL needs both
 models' FULL next-token distributions at every position, which vLLM returns only as Python objects per
 entry (docs/benchmarks.md). Batched torch forward passes of both models over the same batch are the
@@ -35,18 +41,24 @@ from evalmem.models import (context_length, device, load_causal_lm, load_tokeniz
 from evalmem.runner import LazyEngine, open_job
 from evalmem.settings import FEATURES, DataSpec, FeatureSettings, OutputSpec
 from evalmem.store import write_json
+from evalmem.teacher_cache import bucketed_kl, open_cache
 
 
-def token_scores(logits_t: torch.Tensor, logits_b: torch.Tensor, ids: torch.Tensor, min_k: float) -> dict:
+def token_scores(logits_t: torch.Tensor, logits_b: torch.Tensor, ids: torch.Tensor, min_k: float,
+                 cached: tuple | None = None) -> dict:
     """Features of each row of `ids` (n, L) from both models' logits (n, L, V); position i predicts token i+1.
-    Both vocabularies are cut to the smaller one (padded vocabularies differ in size, e.g. across Pythia)."""
+    Both vocabularies are cut to the smaller one (padded vocabularies differ in size, e.g. across Pythia).
+    `cached`: the teacher cache's (ids, log-probabilities, tail) of these rows, the teacher's side of the KL."""
     vocab = min(logits_t.shape[-1], logits_b.shape[-1])
     lp_t = F.log_softmax(logits_t[:, :-1, :vocab].float(), dim=-1)
     lp_b = F.log_softmax(logits_b[:, :-1, :vocab].float(), dim=-1)
     target = ids[:, 1:, None]
     tok_t = lp_t.gather(-1, target).squeeze(-1)
     tok_b = lp_b.gather(-1, target).squeeze(-1)
-    kl = F.kl_div(lp_b, lp_t, log_target=True, reduction="none").sum(-1).mean(-1)
+    if cached is None:
+        kl = F.kl_div(lp_b, lp_t, log_target=True, reduction="none").sum(-1).mean(-1)
+    else:  # over the tokenizer's vocabulary, the cache's
+        kl = bucketed_kl(logits_b[:, :-1, :cached[3]], *cached[:3]).mean(-1)
     tok_t, tok_b = tok_t.cpu().numpy(), tok_b.cpu().numpy()
     return {"teacher_ppl": np.exp(scores.loss(tok_t)), "baseline_ppl": np.exp(scores.loss(tok_b)),
             "kl_teacher_baseline": kl.cpu().numpy(), "min_k_logprob": scores.min_k(tok_t, min_k)}
@@ -57,13 +69,15 @@ def zlib_entropy(texts: list[str]) -> np.ndarray:
 
 
 @torch.inference_mode()
-def score(teacher, baseline, windows: np.ndarray, tokenizer, batch_size: int, min_k: float) -> dict[str, np.ndarray]:
-    """All features of the token windows (n, L), in batches."""
+def score(teacher, baseline, windows: np.ndarray, tokenizer, batch_size: int, min_k: float,
+          cache=None) -> dict[str, np.ndarray]:
+    """All features of the token windows (n, L), in batches; `cache`: a TeacherCache holding them."""
     on = next(teacher.parameters()).device
     parts = []
     for i in range(0, len(windows), batch_size):
         ids = torch.from_numpy(windows[i:i + batch_size]).to(on)
-        values = token_scores(teacher(input_ids=ids).logits, baseline(input_ids=ids).logits, ids, min_k)
+        cached = (*cache.lookup(ids), cache.vocab_size) if cache else None
+        values = token_scores(teacher(input_ids=ids).logits, baseline(input_ids=ids).logits, ids, min_k, cached)
         parts.append({k: v.astype(np.float64) for k, v in values.items()})
     out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {k: np.zeros(0) for k in FEATURES}
     out["zlib_entropy"] = zlib_entropy(tokenizer.batch_decode(windows.tolist()))
@@ -72,9 +86,11 @@ def score(teacher, baseline, windows: np.ndarray, tokenizer, batch_size: int, mi
 
 def features_run(job: FeatureSettings, data: DataSpec, output: OutputSpec) -> dict:
     """`evalmem features`: every feature of every window into OUT/features.parquet (sharded, resumable)."""
+    cached = {"teacher_cache": job.teacher_cache} if job.teacher_cache else {}
     run = open_job("features", models={"teacher": job.teacher, "baseline": job.baseline}, data=data, output=output,
-                   job=job, dtype=job.dtype, settings={"suffix_len": job.suffix_len, "min_k": job.min_k},
+                   job=job, dtype=job.dtype, settings={"suffix_len": job.suffix_len, "min_k": job.min_k, **cached},
                    need_tokenizer=True, results="features.parquet")
+    cache = features_cache(job)
     run.engine = LazyEngine(lambda: tuple(prepack(load_causal_lm(m, run.dtype)) for m in (job.teacher, job.baseline)))
 
     def work(get_models, start, stop):
@@ -82,11 +98,23 @@ def features_run(job: FeatureSettings, data: DataSpec, output: OutputSpec) -> di
         began = time.perf_counter()  # run_shards takes the models' loading (startup) off these seconds
         teacher_model, baseline_model = get_models()
         values = score(teacher_model, baseline_model, np.concatenate([windows.prefix, windows.suffix], axis=1),
-                       run.tokenizer, job.batch_size, job.min_k)
+                       run.tokenizer, job.batch_size, job.min_k, cache)
         return (pa.table({"example_id": windows.example_ids, **values}),
                 {"n_short": windows.n_short, "seconds": time.perf_counter() - began, "device": device()})
 
     return run.execute(work, summarize)
+
+
+def features_cache(job: FeatureSettings):
+    """The teacher cache of --teacher-cache (None without), checked against the teacher and the window length."""
+    if not job.teacher_cache:
+        return None
+    cache = open_cache(job.teacher_cache, job.teacher)
+    window = job.prefix_len + job.suffix_len
+    if cache.settings["window_len"] != window:
+        raise InputError(f"the teacher cache {job.teacher_cache} holds windows of {cache.settings['window_len']} "
+                         f"tokens, not --prefix-len + --suffix-len = {window}")
+    return cache
 
 
 def summarize(settings: dict, metas: list[dict]) -> dict:

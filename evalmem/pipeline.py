@@ -7,6 +7,7 @@ is skipped when its output is already complete, so a killed pipeline continues f
     teacher          evalmem-train finetune --run teacher         -> OUT/teacher
     baseline-seedS   evalmem-train finetune --run baseline        one per seed (evaluate.baseline_seeds)
     corpus           evalmem generate                             the teacher's hard-label corpus
+    teacher-cache    evalmem teacher-cache                        soft.teacher_cache: the teacher's top-k, once
     soft, hard       evalmem-train distill-soft / distill-hard    the students
     extract-MODEL    evalmem extract                              every checkpoint -> OUT/extract/MODEL
     features         evalmem features                             teacher vs the first baseline

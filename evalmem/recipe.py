@@ -6,7 +6,8 @@
     data:     {path, config, split, text_column, limit, window_len, heldout, ...}   # heldout: utility
     teacher:  {model, epochs, lr, scheduler, warmup_steps, weight_decay, batch_size, grad_accum}
     student:  {the same keys; used by the baselines and both students}
-    soft:     {temperature, teacher}   # teacher: the fine-tuned teacher [default: OUT/teacher]
+    soft:     {temperature, teacher, teacher_cache, cache_k}   # teacher: the fine-tuned teacher [default: OUT/teacher];
+                                       # teacher_cache: soft students train from its top-cache_k log-probs
     hard:     {prefix_len, corpus}     # corpus: `evalmem generate` output [default: OUT/corpus]
     peft:     {enabled, r, alpha, dropout, target_modules}   # LoRA adapters instead of full models (off)
     evaluate: {prefix_len, suffix_len, engine, mode, ...}   # what `evalmem pipeline` measures
@@ -111,6 +112,8 @@ class Training:
 class Soft:
     temperature: float = 2.0
     teacher: Optional[str] = None
+    teacher_cache: bool = False  # the pipeline computes the teacher's top-k cache once; every soft student reads it
+    cache_k: int = 64  # log-probabilities kept per position (the rest: one tail bucket)
 
 
 

@@ -250,6 +250,34 @@ class FeatureSettings(SuffixWindow):
                                                                               "float16")))
     min_k: float = field(default=0.2, metadata=option(
         "Fraction k of least likely tokens averaged by the Min-K% feature.", min=0, min_open=True, max=1))
+    teacher_cache: str | None = field(default=None, metadata=option(
+        "A finished `evalmem teacher-cache` of the teacher on these windows (window length PREFIX-LEN + "
+        "SUFFIX-LEN): kl_teacher_baseline is then the KL over its top-k tokens and one tail bucket.",
+        type=click.Path(file_okay=False)))
+
+
+@dataclass(frozen=True)
+class TeacherCacheSettings:
+    """`evalmem teacher-cache`: the teacher's top-k next-token log-probabilities of every training window."""
+
+    model: str = field(metadata=option(
+        "Teacher model: a local Hugging Face folder, a hub id or a LoRA adapter folder (applied to its base)."))
+    window_len: int = field(default=256, metadata=option(
+        "Tokens per window: each example's first WINDOW-LEN, as the trainers cut them (recipe data.window_len); "
+        "shorter examples are skipped.", min=2))
+    k: int = field(default=64, metadata=option(
+        "Log-probabilities kept per position (the K most likely tokens; the rest as one tail mass).", min=1))
+    batch_size: int = field(default=16, metadata=option("Windows per forward pass.", min=1))
+    dtype: str = field(default="auto", metadata=option(
+        "Weights dtype; auto = the dtype the teacher was saved in.", choices=("auto", "float32", "bfloat16",
+                                                                              "float16")))
+
+    new_tokens_flag = "--window-len"
+    new_tokens = 0  # the whole window is the "prefix": nothing is generated
+
+    @property
+    def prefix_len(self) -> int:
+        return self.window_len
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,36 @@ def training_stages(recipe: Recipe, rec: list[str], baselines: dict[str, int]) -
     found.append(Stage("corpus", ["evalmem", "generate", "--model", str(out / "teacher"), *data_args(recipe.data),
                                   "--prefix-len", str(recipe.hard.prefix_len), "--max-new-tokens", str(new_tokens),
                                   "--out", corpus, *engine_args(recipe.evaluate)], Path(corpus) / "summary.json"))
-    return found + [Stage(s, [*train, f"distill-{s}", *rec], out / s) for s in ("soft", "hard")]
+    found += cache_stage(recipe)
+    return found + [Stage(s, [*train, f"distill-{s}", *rec, *student_cache(recipe, s)], out / s)
+                    for s in ("soft", "hard")]
+
+
+def cache_path(recipe: Recipe) -> Path:
+    return recipe.out_path / "teacher-cache"
+
+
+def cache_stage(recipe: Recipe) -> list[Stage]:
+    """The teacher's top-k cache of the training windows (soft.teacher_cache), computed once before the soft
+    student."""
+    if not recipe.soft.teacher_cache:
+        return []
+    teacher, cache = recipe.soft.teacher or str(recipe.out_path / "teacher"), cache_path(recipe)
+    return [Stage("teacher-cache", ["evalmem", "teacher-cache", "--model", teacher, *data_args(recipe.data),
+                                    "--window-len", str(recipe.data.window_len), "--k", str(recipe.soft.cache_k),
+                                    "--out", str(cache)], cache / "summary.json")]
+
+
+def student_cache(recipe: Recipe, student: str) -> list[str]:
+    """`--teacher-cache` for a soft student where the recipe computes the cache (every soft student reads it)."""
+    return ["--teacher-cache", str(cache_path(recipe))] if student == "soft" and recipe.soft.teacher_cache else []
+
+
+def features_cache(recipe: Recipe) -> list[str]:
+    """`--teacher-cache` for features where the cache holds its windows (the same teacher and window length)."""
+    ev = recipe.evaluate
+    same = recipe.soft.teacher is None and ev.prefix_len + ev.suffix_len == recipe.data.window_len
+    return ["--teacher-cache", str(cache_path(recipe))] if recipe.soft.teacher_cache and same else []
 
 
 def evaluation_stages(recipe: Recipe, baselines: list[str]) -> list[Stage]:
@@ -55,7 +84,8 @@ def evaluation_stages(recipe: Recipe, baselines: list[str]) -> list[Stage]:
     found += [extract_stage(recipe, m, out / m, data_args(data)) for m in models(baselines)]
     found.append(Stage("features", ["evalmem", "features", "--teacher", str(out / "teacher"), "--baseline",
                                     str(out / baselines[0]), *data_args(data), *lengths, "--dtype", ev.dtype,
-                                    "--out", str(out / "features")], out / "features" / "summary.json"))
+                                    *features_cache(recipe), "--out", str(out / "features")],
+                       out / "features" / "summary.json"))
     found.append(Stage("predict", ["evalmem", "predict", "--features", str(out / "features"), "--labels",
                                    str(extract / ev.predict_student), "--out", str(out / "predict"),
                                    "--trials", str(ev.trials), "--neg-ratio", str(ev.neg_ratio),
@@ -92,7 +122,7 @@ def risk_stages(recipe: Recipe, recipe_file: Path) -> list[Stage]:
             local = [f"data.path={kept}", "data.config=null", "data.limit=null"]  # the kept rows, all of them
             found.append(Stage(f"{student}-{kind}", ["train", f"distill-{student}", "--recipe",
                                                      str(recipe_file), *[x for v in local for x in ("--set", v)],
-                                                     "--out", str(model)], model))
+                                                     *student_cache(recipe, student), "--out", str(model)], model))
             found.append(extract_stage(recipe, f"{student}-{kind}", model,
                                        ["--data", str(kept), "--text-column", recipe.data.text_column]))
     runs = {role: [f"{s}={out / 'extract' / (s + suffix)}" for s in rf.students]

@@ -91,9 +91,14 @@ def finetune(run, recipe, seed, out, sets):
 
 @main.command("distill-soft")
 @recipe_options
-def distill_soft(recipe, seed, out, sets):
+@click.option("--teacher-cache", default=None, type=click.Path(file_okay=False),
+              help="A finished `evalmem teacher-cache` of the teacher on these windows: train from its top-k "
+                   "log-probabilities (KL over the top-k tokens and one tail bucket) instead of running the teacher "
+                   "[default: run the teacher, full vocabulary].")
+def distill_soft(recipe, seed, out, sets, teacher_cache):
     """Distill the fine-tuned teacher (soft.teacher, default OUT/teacher) into the student with T²-scaled
-    forward KL at temperature soft.temperature over the full vocabulary (TRL GKDTrainer)."""
+    forward KL at temperature soft.temperature over the full vocabulary (TRL GKDTrainer), or over a teacher cache's
+    top-k tokens and tail (--teacher-cache)."""
     from train.distill_soft import distill_soft as train, shared_vocabulary
 
     recipe, out = open_recipe(recipe, seed, out, sets, "soft")
@@ -103,7 +108,7 @@ def distill_soft(recipe, seed, out, sets):
     shared_vocabulary(teacher, student)
     _, windows = training_windows(recipe.data, load_tokenizer(student))
     saved = train(teacher, student, windows, out, temperature=recipe.soft.temperature, peft=recipe.peft,
-                  **recipe.student.trainer_settings(recipe.seed))
+                  teacher_cache=teacher_cache, **recipe.student.trainer_settings(recipe.seed))
     click.echo(f"saved {saved}")
 
 

@@ -14,7 +14,7 @@ def main():
     """Measure training-data memorization of language models, fast (vLLM)."""
 
 
-for command in (run.extract, run.generate, run.merge, run.features, run.perplexity, run.dupcount, analysis.compare,
-                analysis.predict, analysis.filter_, analysis.filter_effect, analysis.report,
+for command in (run.extract, run.generate, run.merge, run.features, run.perplexity, run.dupcount, run.teacher_cache,
+                analysis.compare, analysis.predict, analysis.filter_, analysis.filter_effect, analysis.report,
                 analysis.pipeline):
     main.add_command(command)

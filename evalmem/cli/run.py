@@ -9,7 +9,8 @@ import click
 from evalmem.cli.options import out_option, settings
 from evalmem.engines import EngineOptions, EnginePool
 from evalmem.models import DTYPES
-from evalmem.settings import DataSpec, ExtractSettings, FeatureSettings, GenerateSettings, OutputSpec
+from evalmem.settings import (DataSpec, ExtractSettings, FeatureSettings, GenerateSettings, OutputSpec,
+                              TeacherCacheSettings)
 
 ENGINES = EnginePool()  # the engine of the last job, reused by the next one in this process that can
 
@@ -68,6 +69,20 @@ def features(job, data, output):
     from evalmem.features import features_run
 
     click.echo(json.dumps(features_run(job, data, output), indent=2))
+
+
+@click.command("teacher-cache")
+@settings(TeacherCacheSettings, "job")
+@settings(DataSpec, "data")
+@settings(OutputSpec, "output")
+def teacher_cache(job, data, output):
+    """The teacher's soft labels, computed once: per training window and position, the K most likely tokens'
+    log-probabilities at temperature 1, their ids and the log of the remaining tail mass (torch forward pass).
+    Writes OUT/results.parquet (one row per window, keyed by a hash of its tokens) and OUT/summary.json; rerun to
+    resume. `evalmem-train distill-soft --teacher-cache OUT` trains from it instead of running the teacher."""
+    from evalmem.teacher_cache import teacher_cache_run
+
+    click.echo(json.dumps(teacher_cache_run(job, data, output), indent=2))
 
 
 @click.command()
