@@ -54,7 +54,8 @@ def resolve(recipe_path: str, out: str, sets: tuple[str, ...]) -> tuple[Recipe, 
     recipe = load_recipe(recipe_path, [*sets, f"out={out}"])
     saved = Path(out) / "recipe.yaml"
     text = recipe_yaml(recipe)
-    old = (yaml.safe_load(saved.read_text()) or {}) if saved.exists() else yaml.safe_load(text)
+    # the saved recipe read as a recipe: a key added since it was saved takes its default, not a difference
+    old = yaml.safe_load(recipe_yaml(load_recipe(saved))) if saved.exists() else yaml.safe_load(text)
     diff = settings_diff(old, yaml.safe_load(text))
     if diff:
         raise InputError(f"{out} holds a pipeline run with other settings ({', '.join(diff)}); use another --out "

@@ -239,3 +239,16 @@ def test_features_kl_from_cache_at_full_vocabulary_equals_online(soft, tmp_path,
     result = invoke(*args, "--suffix-len", 40, "--teacher-cache", soft.root / "cache-16", "--out", tmp_path / "x",
                     code=2)
     one_line_error(result.output, "holds windows of 100 tokens", "= 90")
+
+
+def test_pipeline_saved_before_the_cache_keys_continues(tmp_path):
+    """A pipeline folder whose recipe.yaml predates soft.teacher_cache reads it as its default, not a change."""
+    from evalmem.pipeline import resolve
+
+    resolve(RECIPES / "tiny-kjv.yaml", str(tmp_path), ())
+    saved = tmp_path / "recipe.yaml"
+    saved.write_text("".join(line for line in saved.read_text().splitlines(keepends=True)
+                             if "teacher_cache" not in line and "cache_k" not in line))
+    assert resolve(RECIPES / "tiny-kjv.yaml", str(tmp_path), ())[0].soft.cache_k == 64
+    with pytest.raises(Exception, match=r"other settings \(soft\)"):
+        resolve(RECIPES / "tiny-kjv.yaml", str(tmp_path), ("soft.teacher_cache=true",))
