@@ -21,7 +21,8 @@ is skipped when its output is already complete, so a killed pipeline continues f
     compare          evalmem compare
     report           evalmem report                               -> OUT/report.html, ends with the paper table
 
-Stages run as `python -m evalmem ...` / `python -m train ...` subprocesses (the commands above).
+Stages run as `python -m evalmem ...` / `python -m train ...` subprocesses (the commands above); with `--jobs N`
+up to N at once, each as soon as the stages whose outputs it reads have finished.
 OUT/recipe.yaml holds the resolved recipe every stage reads; OUT/pipeline.json each stage's status and time.
 """
 
@@ -32,6 +33,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -65,22 +67,77 @@ def resolve(recipe_path: str, out: str, sets: tuple[str, ...]) -> tuple[Recipe, 
     return recipe, saved
 
 
-def run_stage(stage: Stage, logs: Path) -> tuple[str, float]:
-    """Run one stage's command with its output in its log; ("ran" | "failed: ...", seconds)."""
+def threads_env(jobs: int) -> dict[str, str]:
+    """The stages' environment: with several at once, each gets its share of the cores (unless the user set
+    OMP_NUM_THREADS), so that they do not oversubscribe them."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+    return env
+
+
+@dataclass
+class Running:
+    stage: Stage
+    proc: subprocess.Popen
+    log: Path
+    start: float
+
+
+def start_stage(stage: Stage, logs: Path, env: dict[str, str]) -> Running:
+    """Start one stage's command with its output in OUT/logs/STAGE.log."""
     log = logs / f"{stage.name}.log"
     click.echo(f"    $ python -m {' '.join(stage.argv)}", err=True)
-    start = time.perf_counter()
     with open(log, "w") as f:
-        code = subprocess.call([sys.executable, "-m", *stage.argv], stdout=f, stderr=subprocess.STDOUT,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    seconds = time.perf_counter() - start
+        proc = subprocess.Popen([sys.executable, "-m", *stage.argv], stdout=f, stderr=subprocess.STDOUT, env=env)
+    return Running(stage, proc, log, time.perf_counter())
+
+
+def finish_stage(run: Running) -> dict:
+    """A finished stage's entry: "ran" or, for an optional stage, "failed: ..."; a required stage's failure
+    raises StageFailed."""
+    seconds, code = round(time.perf_counter() - run.start, 1), run.proc.returncode
     if code == 0:
-        return "ran", seconds
-    errors = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.startswith("Error:")]
+        return {"status": "ran", "seconds": seconds}
+    errors = [line.strip() for line in run.log.read_text(errors="replace").splitlines() if line.startswith("Error:")]
     reason = errors[-1] if errors else f"exit code {code}"
-    if not stage.optional:
-        raise StageFailed(f"stage {stage.name} failed: {reason} (log: {log})")
-    return f"failed: {reason}", seconds
+    if not run.stage.optional:
+        raise StageFailed(f"stage {run.stage.name} failed: {reason} (log: {run.log})")
+    return {"status": f"failed: {reason}", "seconds": seconds}
+
+
+def run_stages(found: list[Stage], jobs: int, logs: Path, earlier: dict, record: dict, save) -> None:
+    """Run the stages, up to `jobs` at once, each once the stages it reads have finished (the list's order
+    among those ready); a finished stage is skipped. On a failure the running stages are stopped."""
+    waiting, running, env = list(found), [], threads_env(jobs)
+    unknown = {d for s in found for d in s.after} - set(record) - {s.name for s in found}
+    assert not unknown, f"stages read by others but not run: {unknown}"
+
+    def finished(entry: dict, stage: Stage) -> None:
+        record[stage.name] = entry
+        click.echo(f"    {stage.name}: {entry['status']} ({entry['seconds']:.1f} s)", err=True)
+        save()
+
+    try:
+        while waiting or running:
+            ready = [s for s in waiting if all(d in record for d in s.after)]
+            assert ready or running or not waiting, f"no stage can start: {[s.name for s in waiting]}"
+            for stage in ready[:jobs - len(running)]:
+                waiting.remove(stage)
+                click.echo(f"[{len(record) + len(running) + 1:2d}] {stage.name}", err=True)
+                if stage.done.exists():
+                    finished({**earlier.get(stage.name, {"seconds": 0.0}), "status": "done"}, stage)
+                else:
+                    running.append(start_stage(stage, logs, env))
+            if running:
+                time.sleep(0.2)
+            for run in [r for r in running if r.proc.poll() is not None]:
+                running.remove(run)
+                finished(finish_stage(run), run.stage)
+    finally:
+        for run in running:
+            run.proc.terminate()
+            run.proc.wait()
 
 
 def predicted(record: dict) -> bool:
@@ -88,31 +145,28 @@ def predicted(record: dict) -> bool:
     return record["predict"]["status"] in ("ran", "done")
 
 
-def pipeline_run(recipe_path: str, out: str, sets: tuple[str, ...]) -> tuple[Recipe, dict]:
-    """Run (or continue) the pipeline; return the resolved recipe and each stage's status and seconds
-    (a stage finished by an earlier invocation keeps the time it took then)."""
+def pipeline_run(recipe_path: str, out: str, sets: tuple[str, ...], jobs: int = 1) -> tuple[Recipe, dict]:
+    """Run (or continue) the pipeline, `jobs` stages at once where they do not read each other's outputs;
+    return the resolved recipe and each stage's status and seconds in the stages' order (a stage finished by
+    an earlier invocation keeps the time it took then)."""
     recipe, recipe_file = resolve(recipe_path, out, sets)
     logs = make_dir(Path(out) / "logs")
     record_path = Path(out) / "pipeline.json"
     earlier = json.loads(record_path.read_text()) if record_path.exists() else {}
     record: dict[str, dict] = {}
+    order: list[str] = []
 
-    def step(stage: Stage) -> None:
-        click.echo(f"[{len(record) + 1:2d}] {stage.name}", err=True)
-        if stage.done.exists():
-            entry = {**earlier.get(stage.name, {"seconds": 0.0}), "status": "done"}
-        else:
-            status, seconds = run_stage(stage, logs)
-            entry = {"status": status, "seconds": round(seconds, 1)}
-        record[stage.name] = entry
-        click.echo(f"    {entry['status']} ({entry['seconds']:.1f} s)", err=True)
-        write_json(record_path, record)
+    def save() -> None:
+        write_json(record_path, {name: record[name] for name in order if name in record})
 
-    for stage in stages(recipe, recipe_file):
-        step(stage)
-    for stage in final_stages(recipe, recipe_file, list(baseline_seeds(recipe)), predicted(record)):
-        step(stage)  # what follows depends on whether the predictor could be fit
-    return recipe, record
+    first = stages(recipe, recipe_file)
+    order += [s.name for s in first]
+    run_stages(first, jobs, logs, earlier, record, save)
+    # what follows depends on the trained checkpoints and on whether the predictor could be fit
+    last = final_stages(recipe, recipe_file, list(baseline_seeds(recipe)), predicted(record))
+    order += [s.name for s in last]
+    run_stages(last, jobs, logs, earlier, record, save)
+    return recipe, {name: record[name] for name in order}
 
 
 def findings(recipe: Recipe, record: dict) -> tuple:
@@ -136,7 +190,7 @@ def summary(recipe: Recipe, record: dict) -> str:
         f"\nreport: {recipe.out_path / 'report.html'}"
 
 
-def seeds_run(recipe_path: str, out: str, sets: tuple[str, ...], n: int) -> str:
+def seeds_run(recipe_path: str, out: str, sets: tuple[str, ...], n: int, jobs: int = 1) -> str:
     """`--seeds N`: the recipe with seeds S..S+N-1 (S: the recipe's), each into OUT/seed-S; then the findings'
     mean and range over the seeds in OUT/seeds.json and OUT/seeds.md (returned)."""
     from evalmem.seeds import across_seeds, seed_findings, seeds_markdown
@@ -145,7 +199,7 @@ def seeds_run(recipe_path: str, out: str, sets: tuple[str, ...], n: int) -> str:
     per_seed = {}
     for seed in range(first, first + n):
         click.echo(f"== seed {seed} ==", err=True)
-        recipe, record = pipeline_run(recipe_path, str(Path(out) / f"seed-{seed}"), (*sets, f"seed={seed}"))
+        recipe, record = pipeline_run(recipe_path, str(Path(out) / f"seed-{seed}"), (*sets, f"seed={seed}"), jobs)
         per_seed[seed] = seed_findings(*findings(recipe, record))
     result = across_seeds(per_seed)
     text = seeds_markdown(result)

@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/evalmem pipeline --recipe recipes/tiny-kjv.yaml --out exp/tiny-kjv "$@"
+exec .venv/bin/evalmem pipeline --recipe recipes/tiny-kjv.yaml --out exp/tiny-kjv --jobs 2 "$@"

@@ -53,7 +53,7 @@ def test_pipeline_runs_every_stage_and_continues_after_kill(minute_scale, tmp_pa
     assert (out / "teacher").exists() and not (out / "report.html").exists()
     teacher_weights = (out / "teacher" / "model.safetensors").stat().st_mtime_ns
 
-    result = cli(*pipeline_args(out, minute_scale))
+    result = cli(*pipeline_args(out, minute_scale), "--jobs", 2)  # continued two stages at a time
     record = json.loads((out / "pipeline.json").read_text())
     recipe = load_recipe(out / "recipe.yaml")
     every = stages(recipe, out / "recipe.yaml") + final_stages(recipe, out / "recipe.yaml",
@@ -168,3 +168,60 @@ def test_pipeline_carries_lora_adapters_through_every_stage(minute_scale, tmp_pa
     assert set(json.loads((out / "utility.json").read_text())["models"]) == {"teacher", "baseline-seed0", "soft",
                                                                              "hard"}
     assert (out / "report.html").exists()
+
+
+STAND_IN = '''"""A stage for the scheduler's tests: note its start and end times, sleep, then write its done file."""
+import os, sys, time
+name, seconds, done = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+with open(done + ".times", "w") as f:
+    f.write(f"{time.time()} ")
+    time.sleep(seconds)
+    if name.startswith("fail"):
+        print("Error: planted failure"), sys.exit(2)
+    f.write(f"{time.time()} {os.environ.get('OMP_NUM_THREADS')}")
+open(done, "w").close()
+'''
+
+
+def stand_ins(tmp_path, monkeypatch, plan):
+    """Stages running the stand-in command above: plan = {name: (seconds, after)}."""
+    from evalmem.stages import Stage
+
+    (tmp_path / "standin.py").write_text(STAND_IN)
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    return [Stage(n, ["standin", n, str(sec), str(tmp_path / n)], tmp_path / n, after=after)
+            for n, (sec, after) in plan.items()]
+
+
+def times(tmp_path, name):
+    start, end, threads = (tmp_path / f"{name}.times").read_text().split()
+    return float(start), float(end), threads
+
+
+def test_stages_run_at_once_where_independent_and_after_what_they_read(tmp_path, monkeypatch):
+    from evalmem.pipeline import run_stages
+
+    found = stand_ins(tmp_path, monkeypatch, {"a": (1.0, []), "b": (1.0, []), "c": (0.1, ["a", "b"]),
+                                              "d": (0.1, ["a"])})
+    record = {}
+    run_stages(found, 2, tmp_path, {}, record, lambda: None)
+    assert set(record) == {"a", "b", "c", "d"} and all(e["status"] == "ran" for e in record.values())
+    (a0, a1, threads), (b0, b1, _) = times(tmp_path, "a"), times(tmp_path, "b")
+    assert a0 < b1 and b0 < a1, "a and b overlapped"
+    assert times(tmp_path, "c")[0] >= max(a1, b1) and times(tmp_path, "d")[0] >= a1
+    assert threads == str(max(1, (os.cpu_count() or 1) // 2))
+    record = {}
+    run_stages(found, 2, tmp_path, {"a": {"seconds": 7.0}}, record, lambda: None)
+    assert record["a"] == {"seconds": 7.0, "status": "done"}, "finished stages are skipped"
+
+
+def test_a_failed_stage_stops_the_running_ones(tmp_path, monkeypatch):
+    from evalmem.pipeline import StageFailed, run_stages
+
+    found = stand_ins(tmp_path, monkeypatch, {"slow": (30.0, []), "fail": (0.5, []), "later": (0.1, ["fail"])})
+    record = {}
+    with pytest.raises(StageFailed, match=r"^stage fail failed: Error: planted failure \(log: .*fail.log\)$"):
+        run_stages(found, 2, tmp_path, {}, record, lambda: None)
+    assert not (tmp_path / "slow").exists() and not (tmp_path / "later").exists()
+    assert record == {}

@@ -44,19 +44,65 @@ def test_every_stage_is_a_command_the_cli_accepts(recipe):
     assert names[:2] == ["prepare", "teacher"] and names[-2:] == ["compare", "report"]
 
 
-def test_each_stage_reads_what_earlier_stages_made(recipe):
-    found = all_stages(recipe)
-    out = recipe.out_path
-    made: set[Path] = {out / "data" / "train.jsonl", out / "data" / "heldout.jsonl", out / "base" / "teacher",
-                       out / "base" / "student"}  # prepare's outputs beside its done file
+def before(found, stage) -> set[str]:
+    """The stages that must finish before `stage` starts: its `after`, and theirs."""
+    by_name, seen, todo = {s.name: s for s in found}, set(), list(stage.after)
+    while todo:
+        name = todo.pop()
+        assert name in by_name and found.index(by_name[name]) < found.index(stage), (stage.name, name)
+        if name not in seen:
+            seen.add(name)
+            todo += by_name[name].after
+    return seen
+
+
+def made_by(stage, out) -> Path:
+    """What a stage makes: the folder its done file (OUT/x/summary.json) says is complete, or the file itself."""
+    done = stage.done
+    return done.parent if done.suffix == ".json" and done.parent != out else done
+
+
+def check_reads(found, out) -> None:
+    """Every path a stage's arguments read is made by a stage that finishes before it starts."""
+    prepared = {out / "data" / "train.jsonl", out / "data" / "heldout.jsonl", out / "base" / "teacher",
+                out / "base" / "student"}  # prepare's outputs beside its done file
+    by_name = {s.name: s for s in found}
     for stage in found:
-        read = [Path(a.split("=")[-1]) for a in stage.argv[2:] if str(out) in a]
+        needs = before(found, stage)
+        made = {made_by(by_name[n], out) for n in needs}
+        made |= prepared if "prepare" in needs else set()
+        read = [Path(p) for a in stage.argv[2:] if str(out) in a for p in a.split("=")[-1].split(",")]
         for path in read:
             if path == stage.done or stage.done.is_relative_to(path):
                 continue  # what the stage writes
             assert any(path == m or path.is_relative_to(m) or m.is_relative_to(path) for m in made), \
                 (stage.name, path)
-        made |= {stage.done, stage.done.parent}
+
+
+def test_each_stage_runs_after_the_stages_that_make_what_it_reads(recipe):
+    for step in (8, 16):  # the series' checkpoints, as the trainings save them
+        for model in ("teacher", "soft", "hard"):
+            (recipe.out_path / model / f"checkpoint-{step}").mkdir(parents=True)
+    found = all_stages(recipe)
+    check_reads(found, recipe.out_path)
+    by_name = {s.name: s for s in found}
+    # what the trainers read from the recipe rather than their arguments
+    assert all("prepare" in before(found, s) for s in found[1:])
+    assert "teacher" in by_name["soft"].after and "corpus" in by_name["hard"].after
+    assert {"teacher", "select-filtered"} <= before(found, by_name["soft-filtered"])
+    assert {f"extract-{m}-checkpoint-{n}" for m in ("teacher", "soft", "hard") for n in (8, 16)} \
+        <= set(by_name["compare"].after)
+
+
+def test_a_missing_or_reversed_dependency_is_caught(recipe):
+    found = all_stages(recipe)
+    by_name = {s.name: s for s in found}
+    by_name["features"].after.remove("teacher")
+    with pytest.raises(AssertionError, match="features"):
+        check_reads(found, recipe.out_path)
+    by_name["teacher"].after.append("soft")
+    with pytest.raises(AssertionError, match="soft"):
+        before(found, by_name["teacher"])
 
 
 def test_series_extracts_each_checkpoint_in_step_order(recipe):

@@ -141,7 +141,10 @@ def report(compare_dir, predict_dir, utility, risk_filter, out, settings):
 @click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True,
               help="Run the recipe with this many seeds (OUT/seed-S each, from the recipe's seed) and tabulate each "
                    "finding's mean and range in OUT/seeds.md.")
-def pipeline(recipe, out, sets, seeds):
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Run up to this many stages at once where they do not read each other's outputs (each with "
+                   "its share of the CPU cores: OMP_NUM_THREADS); 2 suits a 2-core CPU, 1 a single GPU.")
+def pipeline(recipe, out, sets, seeds, jobs):
     """The paper's experiment end to end: base models, teacher, baselines, the teacher's corpus, soft and
     hard students, extraction on every checkpoint, features, predictor, utility, compare, and an HTML
     report ending with the paper-shaped table (printed too). Each stage's command and time are printed;
@@ -149,6 +152,6 @@ def pipeline(recipe, out, sets, seeds):
     from evalmem.pipeline import pipeline_run, seeds_run, summary
 
     if seeds > 1:
-        click.echo(seeds_run(recipe, out, sets, seeds))
+        click.echo(seeds_run(recipe, out, sets, seeds, jobs))
     else:
-        click.echo(summary(*pipeline_run(recipe, out, sets)))
+        click.echo(summary(*pipeline_run(recipe, out, sets, jobs)))
