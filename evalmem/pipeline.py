@@ -150,7 +150,7 @@ def pipeline_run(recipe_path: str, out: str, sets: tuple[str, ...], jobs: int = 
     return the resolved recipe and each stage's status and seconds in the stages' order (a stage finished by
     an earlier invocation keeps the time it took then)."""
     recipe, recipe_file = resolve(recipe_path, out, sets)
-    logs = make_dir(Path(out) / "logs")
+    logs, start = make_dir(Path(out) / "logs"), time.perf_counter()
     record_path = Path(out) / "pipeline.json"
     earlier = json.loads(record_path.read_text()) if record_path.exists() else {}
     record: dict[str, dict] = {}
@@ -166,6 +166,7 @@ def pipeline_run(recipe_path: str, out: str, sets: tuple[str, ...], jobs: int = 
     last = final_stages(recipe, recipe_file, list(baseline_seeds(recipe)), predicted(record))
     order += [s.name for s in last]
     run_stages(last, jobs, logs, earlier, record, save)
+    click.echo(f"{len(order)} stages in {time.perf_counter() - start:.0f} s", err=True)
     return recipe, {name: record[name] for name in order}
 
 
@@ -185,7 +186,7 @@ def summary(recipe: Recipe, record: dict) -> str:
 
     times = ("Stages", ["stage", "status", "seconds"],
              [[name, entry["status"], entry["seconds"]] for name, entry in record.items()]
-             + [["total", "", round(sum(e["seconds"] for e in record.values()), 1)]])
+             + [["sum (stages overlap with --jobs > 1)", "", round(sum(e["seconds"] for e in record.values()), 1)]])
     return markdown([times, *summary_tables(*findings(recipe, record))]) + \
         f"\nreport: {recipe.out_path / 'report.html'}"
 

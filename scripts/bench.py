@@ -353,7 +353,8 @@ def main() -> None:
     parser.add_argument("--suffix-len", type=int, default=50)
     parser.add_argument("--profile-lens", type=int, nargs="+", default=[8, 16, 32, 50],
                         help="prefix lengths of the profile columns (each <= --prefix-len: the windows' prefix part)")
-    parser.add_argument("--dtype", default="float32", help="every column's dtype (the FLOP bound stays fp32's)")
+    parser.add_argument("--dtype", default="float32",
+                        help="every column's dtype (bf16 adds bf16 paths to the FLOP bound)")
     parser.add_argument("--hf-batch-size", type=int, default=256, help="batch of the transformers generate loop")
     parser.add_argument("--batch-size", type=int, default=64, help="windows per torch pass of verify-hf")
     parser.add_argument("--screen-batch-size", type=int, default=16,
