@@ -84,7 +84,7 @@ def test_pipeline_runs_every_stage_and_continues_after_kill(minute_scale, tmp_pa
     assert "predictor ROC-AUC" in page and "held-out perplexity" in page
     utility = json.loads((out / "utility.json").read_text())
     assert set(utility["models"]) == {"teacher", "baseline-seed0", "baseline-seed1", "soft", "hard"}
-    assert "| teacher | teacher |" in result.stdout and "| total |" in result.stdout
+    assert "| teacher | teacher |" in result.stdout and "| sum (stages overlap with --jobs > 1) |" in result.stdout
     series = json.loads((out / "compare" / "compare.json").read_text())["series"]
     assert set(series) == {"teacher", "soft", "hard"} and all(len(points) == 2 for points in series.values())
     assert series["teacher"][1]["exact_match_count"] == summary["exact_match_count"]  # the last point: the model
