@@ -8,16 +8,17 @@ For each model size and N it runs, on the same model and the same N real KJV win
     verify-hf     `evalmem extract --mode verify --engine hf` (torch loop, KV cache, finished rows dropped,
                   rows still matching after a few steps screened)
     verify        `evalmem extract --mode verify` (vLLM, a logits processor ends requests at a mismatch)
-and prints one Markdown table: examples/s, tokens/s (the tokens the column must process), seconds
+and prints one Markdown table: examples/s, tokens/s (the positions the model body must process), seconds
 (the median of --repeats runs, their range in brackets; start-up apart: 0 where a column reuses the previous
 column's engine), peak RSS of the process, the ratio to `generate`, and the ratios to the FLOP bounds.
-FLOP bound = tokens x the seconds per token of the model's matrix products (every nn.Linear of the body and the
-output layer), each shape timed through every path (torch's BLAS and oneDNN's pre-packed linear, in fp32, and
-in the columns' dtype where that is bf16; 128 and 1,024 rows) at its fastest, around that column (the mean of
-just before and just after it: the rate drifts), with tokens = prefix + suffix for the decoding columns and
-prefix + match_len + 1 for screen and verify (what exact match and match_len need at least); a column's own bound
-counts the tokens it processes: the same but for screen, prefix + suffix - 1, and for verify-hf, which screens
-the rows still matching after VERIFY_STEPS decoding steps, prefix + VERIFY_STEPS + (prefix + suffix - 1) for those.
+FLOP bound = the body's positions x the seconds per position of its matrix products (every nn.Linear) + the head's
+positions x the output layer's, each shape timed through every path (torch's BLAS and oneDNN's pre-packed linear,
+in fp32, and in the columns' dtype where that is bf16; 128 and 1,024 rows) at its fastest, around that column (the
+mean of just before and just after it: the rate drifts). The task needs per window, for decoding, the body over
+prefix + suffix - 1 tokens and the head at the suffix's positions; for exact match and match_len, predictions up to
+the first mismatch: d = min(match_len + 1, suffix) head positions and prefix + d - 1 body positions. A column's
+own bound counts what it computes: screen, the body over prefix + suffix - 1 and the head over the suffix;
+verify-hf, decoding for at most VERIFY_STEPS steps and screen's work again for the rows still matching then.
 
 The models are built here, once, under --work: a Llama per size with a tokenizer trained on KJV, fine-tuned
 briefly (TRL) on 32 of the windows so that those are memorized and the rest mostly not; SmolLM2-135M fine-tuned
@@ -58,13 +59,13 @@ TRAINED = 32  # windows the model is fine-tuned on (memorized), spread over the 
 LINEAR_PATHS = ("torch BLAS", "oneDNN prepacked")
 
 
-def linear_shapes(model) -> Counter:
-    """(in, out) of every matrix product per token: the body's nn.Linear layers and the output layer."""
-    shapes = Counter((m.in_features, m.out_features) for m in model.get_decoder().modules()
-                     if isinstance(m, torch.nn.Linear))
+def linear_shapes(model) -> dict[str, Counter]:
+    """(in, out) of every matrix product per token, of the body's nn.Linear layers and of the output layer apart:
+    a position needs the head only where its prediction is read."""
+    body = Counter((m.in_features, m.out_features) for m in model.get_decoder().modules()
+                   if isinstance(m, torch.nn.Linear))
     head = model.get_output_embeddings().weight
-    shapes[(head.shape[1], head.shape[0])] += 1
-    return shapes
+    return {"body": body, "head": Counter({(head.shape[1], head.shape[0]): 1})}
 
 
 def path_rate(shape: tuple[int, int], path: str, dtype: torch.dtype, rows: int, repeats: int = 5) -> float:
@@ -85,15 +86,17 @@ def path_rate(shape: tuple[int, int], path: str, dtype: torch.dtype, rows: int, 
     return 2 * rows * shape[0] * shape[1] / float(np.median(times))
 
 
-def token_bound(shapes: Counter, dtypes: tuple[torch.dtype, ...], rows=(128, 1024)) -> tuple[float, str]:
-    """Seconds per token of the model's matrix products, each shape at the fastest rate any path, dtype and row
-    count reaches here (so no column can beat it), and the paths that set it."""
-    seconds, setters = 0.0, Counter()
-    for shape, count in shapes.items():
-        rate, path = max((path_rate(shape, p, d, r), f"{p} {str(d).removeprefix('torch.')}")
-                         for p in LINEAR_PATHS for d in dtypes for r in rows)
-        seconds += count * 2 * shape[0] * shape[1] / rate
-        setters[path] += count * shape[0] * shape[1]
+def token_bound(shapes: dict[str, Counter], dtypes: tuple[torch.dtype, ...], rows=(128, 1024)
+                ) -> tuple[np.ndarray, str]:
+    """Seconds per position of the body's and of the head's matrix products, each shape at the fastest rate any
+    path, dtype and row count reaches here (so no column can beat it), and the paths that set it."""
+    seconds, setters = np.zeros(2), Counter()
+    for part, (name, counts) in enumerate(shapes.items()):
+        for shape, count in counts.items():
+            rate, path = max((path_rate(shape, p, d, r), f"{p} {str(d).removeprefix('torch.')}")
+                             for p in LINEAR_PATHS for d in dtypes for r in rows)
+            seconds[part] += count * 2 * shape[0] * shape[1] / rate
+            setters[path] += count * shape[0] * shape[1]
     return seconds, ", ".join(p for p, _ in setters.most_common())
 
 
@@ -240,13 +243,26 @@ def run_profile(column: str, model: str, data: Path, dest: Path, args) -> dict:
             "prefix_lens": np.concatenate([p["prefix_lens"] for p in parts])}
 
 
-def profile_tokens(column: str, result: dict, n: int, window: int, suffix_len: int) -> tuple[int, int]:
-    """(tokens the task needs at least, tokens the column processes) of a profile column."""
-    needed = int((result["prefix_lens"] + result["match_len"] + 1).sum())  # per row: prefix + match_len + 1
-    if column == "screen-profile":
-        return needed, n * (window - 1)
+def work(prefix, decided) -> np.ndarray:
+    """(body positions, head positions) of rows that read `decided` predictions after their prefix: the body runs
+    over prefix + decided - 1 tokens (the last one read predicts nothing), the head only at the decided ones."""
+    prefix, decided = np.broadcast_arrays(np.asarray(prefix), np.asarray(decided))
+    return np.array([(prefix + decided - 1).sum(), decided.sum()], dtype=float)
+
+
+def decided(match_len: np.ndarray, suffix_len: int) -> np.ndarray:
+    """Predictions exact match and match_len need at least: up to the first mismatch, at most the suffix."""
+    return np.minimum(match_len + 1, suffix_len)
+
+
+def profile_work(column: str, result: dict, n: int, window: int, suffix_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """(work the task needs at least, work the column does) of a profile column: `work`'s pairs."""
+    prefixes = result["prefix_lens"]
+    needed = work(prefixes, decided(result["match_len"], suffix_len))
+    if column == "screen-profile":  # one pass over each window, the head at every position
+        return needed, np.array([n * (window - 1), n * (window - 1)], dtype=float)
     if column == "decode-x4":
-        decoded = int((result["prefix_lens"] + suffix_len).sum())
+        decoded = work(prefixes, suffix_len)
         return decoded, decoded
     return needed, needed
 
@@ -285,34 +301,38 @@ def bench(size: str, n: int, args) -> list[dict]:
     return [row(size, n, column, results, shapes, args) for column in args.columns]
 
 
-def row(size: str, n: int, column: str, results: dict, shapes: Counter, args) -> dict:
+def row(size: str, n: int, column: str, results: dict, shapes: dict[str, Counter], args) -> dict:
     """One column's table row: throughput, and seconds against the FLOP bounds (task and own)."""
-    r, length = results[column], args.prefix_len + args.suffix_len
+    r = results[column]
     match_len = next((x["match_len"] for c, x in results.items() if "match_len" in x and c not in PROFILE), None)
     if column in PROFILE:
-        task_tokens, own = profile_tokens(column, r, n, max(args.profile_lens) + args.suffix_len, args.suffix_len)
-    else:  # at least: the whole window to decode it, prefix + match_len + 1 to decide exact match and match_len
+        task, own = profile_work(column, r, n, max(args.profile_lens) + args.suffix_len, args.suffix_len)
+    else:  # at least: the whole suffix to decode it, up to the first mismatch to decide exact match and match_len
         decoding = column in ("generate", "vllm", "decode")
-        task_tokens = n * length if decoding or match_len is None else int((args.prefix_len + match_len + 1).sum())
-        own = own_tokens(column, match_len, args.prefix_len, length) if column in ("screen", "verify-hf") \
-            and match_len is not None else task_tokens  # what the column computes
-    token_seconds, params = r["token_seconds"], sum(c * i * o for (i, o), c in shapes.items())
+        task = work(np.full(n, args.prefix_len), args.suffix_len if decoding or match_len is None
+                    else decided(match_len, args.suffix_len))
+        own = own_work(column, match_len, args.prefix_len, args.suffix_len) if column in ("screen", "verify-hf") \
+            and match_len is not None else task  # what the column computes
+    token_seconds = r["token_seconds"]
+    params = sum(c * i * o for counts in shapes.values() for (i, o), c in counts.items())
     return {"model": f"{size} ({params / 1e6:.1f}M matmul)", "n": n, "column": column,
-            "examples_per_s": n / r["seconds"], "tokens_per_s": task_tokens / r["seconds"], "seconds": r["seconds"],
+            "examples_per_s": n / r["seconds"], "tokens_per_s": task[0] / r["seconds"], "seconds": r["seconds"],
             "spread": r["spread"], "startup": r["startup"], "peak_rss_gb": r["peak_rss"] / 2**30,
             "vs_generate": results["generate"]["seconds"] / r["seconds"] if "generate" in results else None,
-            "rate": 2 * params / token_seconds, "bound_path": r["bound_path"],
-            "vs_bound": r["seconds"] / (task_tokens * token_seconds),
-            "vs_own_bound": r["seconds"] / (own * token_seconds), "exact": r["exact"]}
+            "rate": 2 * params / token_seconds.sum(), "bound_path": r["bound_path"],
+            "vs_bound": r["seconds"] / (task @ token_seconds),
+            "vs_own_bound": r["seconds"] / (own @ token_seconds), "exact": r["exact"]}
 
 
-def own_tokens(column: str, match_len: np.ndarray, prefix_len: int, length: int) -> int:
-    """The tokens screen computes (the whole window but its last token) or verify-hf (prefix + match_len + 1,
-    but at most VERIFY_STEPS decoded tokens, and the whole window again for the rows it screens then)."""
+def own_work(column: str, match_len: np.ndarray, prefix_len: int, suffix_len: int) -> np.ndarray:
+    """The work screen does (the body over the window but its last token, the head over the suffix) or verify-hf
+    (decoding up to the first mismatch, at most VERIFY_STEPS steps, and screen's work for the rows it screens
+    then): `work`'s pairs."""
+    screened = work(np.full(len(match_len), prefix_len), suffix_len)
     if column == "screen":
-        return len(match_len) * (length - 1)
+        return screened
     handed = match_len >= VERIFY_STEPS
-    return int((prefix_len + np.minimum(match_len + 1, VERIFY_STEPS)).sum() + handed.sum() * (length - 1))
+    return work(prefix_len, np.minimum(match_len + 1, VERIFY_STEPS)) + screened * handed.mean()
 
 
 def median_run(runs: list[dict]) -> dict:
@@ -321,7 +341,7 @@ def median_run(runs: list[dict]) -> dict:
     seconds = [r["seconds"] for r in runs]
     return {**runs[0], "seconds": float(np.median(seconds)), "spread": (min(seconds), max(seconds)),
             "peak_rss": max(r["peak_rss"] for r in runs),
-            "token_seconds": float(np.mean([r["token_seconds"] for r in runs]))}
+            "token_seconds": np.mean([r["token_seconds"] for r in runs], axis=0)}
 
 
 RUN_ORDER = ("generate", "screen", "screen-profile", "verify-hf", "vllm", "decode", "verify", "decode-x4",
