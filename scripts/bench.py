@@ -91,7 +91,7 @@ def token_bound(shapes: dict[str, Counter], dtypes: tuple[torch.dtype, ...], row
     """Seconds per position of the body's and of the head's matrix products, each shape at the fastest rate any
     path, dtype and row count reaches here (so no column can beat it), and the paths that set it."""
     seconds, setters = np.zeros(2), Counter()
-    for part, (name, counts) in enumerate(shapes.items()):
+    for part, counts in enumerate(shapes.values()):  # body, head: the order of `work`'s pairs
         for shape, count in counts.items():
             rate, path = max((path_rate(shape, p, d, r), f"{p} {str(d).removeprefix('torch.')}")
                              for p in LINEAR_PATHS for d in dtypes for r in rows)
@@ -259,8 +259,8 @@ def profile_work(column: str, result: dict, n: int, window: int, suffix_len: int
     """(work the task needs at least, work the column does) of a profile column: `work`'s pairs."""
     prefixes = result["prefix_lens"]
     needed = work(prefixes, decided(result["match_len"], suffix_len))
-    if column == "screen-profile":  # one pass over each window, the head at every position
-        return needed, np.array([n * (window - 1), n * (window - 1)], dtype=float)
+    if column == "screen-profile":  # one pass over each window, the head at every position after the first token
+        return needed, work(np.ones(n), window - 1)
     if column == "decode-x4":
         decoded = work(prefixes, suffix_len)
         return decoded, decoded
@@ -328,11 +328,10 @@ def own_work(column: str, match_len: np.ndarray, prefix_len: int, suffix_len: in
     """The work screen does (the body over the window but its last token, the head over the suffix) or verify-hf
     (decoding up to the first mismatch, at most VERIFY_STEPS steps, and screen's work for the rows it screens
     then): `work`'s pairs."""
-    screened = work(np.full(len(match_len), prefix_len), suffix_len)
     if column == "screen":
-        return screened
-    handed = match_len >= VERIFY_STEPS
-    return work(prefix_len, np.minimum(match_len + 1, VERIFY_STEPS)) + screened * handed.mean()
+        return work(np.full(len(match_len), prefix_len), suffix_len)
+    handed = int((match_len >= VERIFY_STEPS).sum())
+    return work(prefix_len, decided(match_len, VERIFY_STEPS)) + work(np.full(handed, prefix_len), suffix_len)
 
 
 def median_run(runs: list[dict]) -> dict:
